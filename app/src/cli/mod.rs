@@ -1,0 +1,36 @@
+//! The command-line interface: one subcommand per engine capability.
+
+mod convert;
+mod inspect;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// cellforge: the scGPT single-cell foundation model on your desktop.
+///
+/// Started without a subcommand it opens the desktop app.
+#[derive(Debug, Parser)]
+#[command(name = "cellforge", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Open this .h5ad file in the app at start-up.
+    #[arg(global = false)]
+    pub open: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Describe an .h5ad file: shape, how X is stored, value range, columns, embeddings.
+    Inspect(inspect::Args),
+    /// Rewrite an .h5ad file in current encodings, keeping every field.
+    Convert(convert::Args),
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<()> {
+    match cmd {
+        Command::Inspect(a) => inspect::run(&a),
+        Command::Convert(a) => convert::run(&a),
+    }
+}

@@ -1,0 +1,49 @@
+//! The desktop app (eframe + egui on wgpu). The UI thread only draws and routes commands;
+//! files are read on named worker threads whose results come back through a channel that
+//! wakes the UI.
+
+mod app;
+mod loader;
+
+pub use app::CellforgeApp;
+
+use std::path::PathBuf;
+
+/// Opens the main window and runs until it is closed.
+pub fn run(open: Option<PathBuf>) -> anyhow::Result<()> {
+    let options = eframe::NativeOptions {
+        renderer: eframe::Renderer::Wgpu,
+        viewport: egui::ViewportBuilder::default()
+            .with_title("cellforge")
+            .with_inner_size([1280.0, 800.0])
+            .with_drag_and_drop(true),
+        ..Default::default()
+    };
+    eframe::run_native(
+        "cellforge",
+        options,
+        Box::new(move |cc| {
+            let mut app = CellforgeApp::new(cc.egui_ctx.clone());
+            if let Some(path) = open {
+                app.open(path);
+            }
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Where the bundled demo dataset lives: next to the executable (installed layouts) or in the
+/// source tree's assets (development).
+pub fn demo_dataset_path() -> Option<PathBuf> {
+    let name = "pbmcs_small.h5ad";
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("assets/demo").join(name));
+            candidates.push(dir.join("../share/cellforge/demo").join(name));
+        }
+    }
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/demo").join(name));
+    candidates.into_iter().find(|p| p.is_file())
+}

@@ -1,0 +1,30 @@
+//! cellforge: the desktop app when started without a subcommand, the CLI otherwise.
+
+mod cli;
+mod gui;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    match args.command {
+        Some(cmd) => match cli::run(cmd) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        None => match gui::run(args.open) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                eprintln!(
+                    "hint: the window could not open (no display?). The same engine is \
+                     available as a command-line tool: run `cellforge --help`."
+                );
+                std::process::ExitCode::FAILURE
+            }
+        },
+    }
+}
