@@ -1,8 +1,6 @@
 //! cellforge: the desktop app when started without a subcommand, the CLI otherwise.
 
-mod cli;
-mod gui;
-
+use cellforge::{cli, gui};
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

@@ -22,8 +22,12 @@ fn text(o: &Output) -> String {
 }
 
 fn convert(input: &Path, output: &Path, extra: &[&str]) -> Output {
-    let mut args: Vec<&std::ffi::OsStr> =
-        vec!["convert".as_ref(), input.as_os_str(), "--output".as_ref(), output.as_os_str()];
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "convert".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        output.as_os_str(),
+    ];
     args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
     cellforge(&args)
 }
@@ -49,7 +53,13 @@ fn convert_round_trips_every_fixture_through_anndata() {
             failures.push(format!("{name}: anndata sees a difference:\n{report}"));
         }
     }
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), names.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n")
+    );
 }
 
 /// Compression and X layout options keep every value (X compared as values and dtype).
@@ -66,7 +76,10 @@ fn convert_options_keep_every_field() {
     for input in &inputs {
         for (extra, fmt) in [
             (vec!["--compression", "gzip"], None),
-            (vec!["--compression", "lzf", "--x-format", "csc"], Some("csc")),
+            (
+                vec!["--compression", "lzf", "--x-format", "csc"],
+                Some("csc"),
+            ),
             (vec!["--x-format", "dense"], Some("dense")),
             (vec!["--x-format", "csr"], Some("csr")),
         ] {
@@ -89,7 +102,11 @@ fn convert_refuses_to_overwrite_its_input() {
     let before = std::fs::read(&f).expect("read");
     let o = convert(&f, &f, &[]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("never overwrites its input"), "{}", text(&o));
+    assert!(
+        text(&o).contains("never overwrites its input"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(std::fs::read(&f).expect("read"), before);
 }
 
@@ -111,7 +128,11 @@ fn inspect_describes_the_demo_dataset() {
     ] {
         assert!(t.contains(needle), "missing {needle:?} in:\n{t}");
     }
-    let o = cellforge(&["inspect".as_ref(), shared_data().join("harmony_pbmc_stim.h5ad").as_os_str(), "--json".as_ref()]);
+    let o = cellforge(&[
+        "inspect".as_ref(),
+        shared_data().join("harmony_pbmc_stim.h5ad").as_os_str(),
+        "--json".as_ref(),
+    ]);
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(v["x"]["looks_like_counts"], serde_json::Value::Bool(true));
@@ -134,7 +155,12 @@ fn broken_files_get_clear_errors_and_never_panic() {
         let path: PathBuf = dir.join(name);
         let needles: Vec<String> = want["contains_any"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str()).map(str::to_lowercase).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str())
+                    .map(str::to_lowercase)
+                    .collect()
+            })
             .unwrap_or_else(|| vec![want["contains"].as_str().unwrap_or_default().to_lowercase()]);
         let kind = want["kind"].as_str().unwrap_or("error");
         let o = cellforge(&["inspect".as_ref(), path.as_os_str()]);

@@ -33,7 +33,7 @@ fn child(mode: &str, path: &Path, chunk_rows: usize) {
         "full" => {
             let a = read_h5ad(path).expect("read");
             match &a.x {
-                Some(Element::Sparse(s)) => s.data.to_f64_vec().iter().sum::<f64>() * 0.0 + s.nnz() as f64,
+                Some(Element::Sparse(s)) => s.nnz() as f64,
                 Some(Element::Dense(d)) => d.data.len() as f64,
                 _ => 0.0,
             }
@@ -58,7 +58,11 @@ fn python() -> PathBuf {
         return PathBuf::from(p);
     }
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
-    if venv.is_file() { venv } else { PathBuf::from("python3") }
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
 }
 
 const PY_READ: &str = r#"
@@ -101,17 +105,28 @@ fn main() {
         child(&args[pos + 1], Path::new(&args[pos + 2]), chunk_rows);
         return;
     }
-    let path = std::env::var_os("BENCH_H5AD").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-data/bench_100k_20k.h5ad")
-    });
+    let path = std::env::var_os("BENCH_H5AD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/bench-data/bench_100k_20k.h5ad")
+        });
     if !path.is_file() {
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/make_bench_h5ad.py");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/bench/make_bench_h5ad.py");
         eprintln!("generating {} with anndata (one-off)...", path.display());
-        let st = Command::new(python()).arg(script).arg(&path).status().expect("python");
+        let st = Command::new(python())
+            .arg(script)
+            .arg(&path)
+            .status()
+            .expect("python");
         assert!(st.success(), "generating the benchmark file failed");
     }
-    let runs: usize = std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     let exe = std::env::current_exe().expect("exe");
     let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
@@ -145,7 +160,10 @@ fn main() {
         assert_eq!(r.3, nnz_ref, "{} read a different number of non-zeros", r.0);
     }
     let base = results[0].1;
-    println!("{:<24} {:>10} {:>12} {:>16}", "reader", "seconds", "peak RSS", "vs anndata");
+    println!(
+        "{:<24} {:>10} {:>12} {:>16}",
+        "reader", "seconds", "peak RSS", "vs anndata"
+    );
     for (name, secs, peak, _) in &results {
         println!(
             "{name:<24} {secs:>10.3} {:>12} {:>15.2}x",

@@ -78,7 +78,11 @@ fn summarize_matrix(el: &Element) -> Option<MatrixSummary> {
                 dtype: s.data.dtype().to_string(),
                 shape: s.shape.to_vec(),
                 stored: s.nnz(),
-                density: if cells > 0.0 { s.nnz() as f64 / cells } else { 0.0 },
+                density: if cells > 0.0 {
+                    s.nnz() as f64 / cells
+                } else {
+                    0.0
+                },
                 min: Some(min),
                 max: Some(max),
                 nan,
@@ -94,7 +98,11 @@ fn summarize_matrix(el: &Element) -> Option<MatrixSummary> {
                 dtype: d.data.dtype().to_string(),
                 shape: d.shape.clone(),
                 stored: n,
-                density: if n > 0 { nonzero as f64 / n as f64 } else { 0.0 },
+                density: if n > 0 {
+                    nonzero as f64 / n as f64
+                } else {
+                    0.0
+                },
                 min: range.map(|r| r.0),
                 max: range.map(|r| r.1),
                 nan,
@@ -201,7 +209,12 @@ impl Summary {
                     }
                 );
                 if let (Some(lo), Some(hi)) = (x.min, x.max) {
-                    let _ = writeln!(s, "     value range {lo} .. {hi}");
+                    let _ = writeln!(
+                        s,
+                        "     value range {} .. {}",
+                        crate::fmt::number(lo),
+                        crate::fmt::number(hi)
+                    );
                 }
                 if x.inf > 0 {
                     let _ = writeln!(s, "     {} infinite value(s)", thousands(x.inf as u64));

@@ -37,7 +37,12 @@ fn reads_every_real_file_with_the_documented_shape() {
     ];
     for (path, (n_obs, n_vars)) in all_real_files().iter().zip(expected) {
         let a = read_h5ad(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!((a.n_obs(), a.n_vars()), (n_obs, n_vars), "{}", path.display());
+        assert_eq!(
+            (a.n_obs(), a.n_vars()),
+            (n_obs, n_vars),
+            "{}",
+            path.display()
+        );
     }
 }
 
@@ -76,8 +81,14 @@ fn legacy_pbmc68k_is_read_like_anndata() {
     assert!(!a.uns.contains_key("bulk_labels_categories"));
     assert!(a.uns.contains_key("bulk_labels_colors"));
     // Record-array obsm split into one entry per field.
-    assert_eq!(a.obsm.get("X_pca").and_then(Element::shape), Some(vec![700, 50]));
-    assert_eq!(a.obsm.get("X_umap").and_then(Element::shape), Some(vec![700, 2]));
+    assert_eq!(
+        a.obsm.get("X_pca").and_then(Element::shape),
+        Some(vec![700, 50])
+    );
+    assert_eq!(
+        a.obsm.get("X_umap").and_then(Element::shape),
+        Some(vec![700, 2])
+    );
     // uns['neighbors'] matrices move to obsp, as anndata does on read.
     assert!(a.obsp.contains_key("connectivities") && a.obsp.contains_key("distances"));
     // raw.X / raw.var (h5sparse) become raw.
@@ -121,7 +132,11 @@ fn assert_same(a: &cellforge_core::AnnData, b: &cellforge_core::AnnData, what: &
         ("layers", &a.layers, &b.layers),
         ("uns", &a.uns, &b.uns),
     ] {
-        assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{what}: {name} keys");
+        assert_eq!(
+            x.keys().collect::<Vec<_>>(),
+            y.keys().collect::<Vec<_>>(),
+            "{what}: {name} keys"
+        );
         for (k, v) in x {
             assert_eq!(Some(v), y.get(k), "{what}: {name}[{k}]");
         }
@@ -162,8 +177,15 @@ fn x_format_conversion_keeps_values() {
         (XFormat::Csr, "csr_matrix"),
     ] {
         let out = dir.path().join("x.h5ad");
-        write_h5ad(&a, &out, &WriteOptions { compression: Compression::None, x_format: Some(fmt) })
-            .expect("write");
+        write_h5ad(
+            &a,
+            &out,
+            &WriteOptions {
+                compression: Compression::None,
+                x_format: Some(fmt),
+            },
+        )
+        .expect("write");
         let b = read_h5ad(&out).expect("read");
         let x2 = b.x.as_ref().expect("X");
         assert_eq!(x2.encoding_type(), check);
@@ -194,8 +216,15 @@ fn backed_chunks_equal_the_full_matrix_for_csr_csc_and_dense() {
     let full = x.to_dense().data.to_f64_vec();
     for fmt in [XFormat::Csr, XFormat::Csc, XFormat::Dense] {
         let out = dir.path().join(format!("{fmt:?}.h5ad"));
-        write_h5ad(&a, &out, &WriteOptions { compression: Compression::Gzip, x_format: Some(fmt) })
-            .expect("write");
+        write_h5ad(
+            &a,
+            &out,
+            &WriteOptions {
+                compression: Compression::Gzip,
+                x_format: Some(fmt),
+            },
+        )
+        .expect("write");
         let backed = BackedH5ad::open(&out).expect("open backed");
         assert_eq!(backed.shape(), [1200, 1767]);
         assert_eq!(backed.obs.index, a.obs.index);
@@ -247,7 +276,10 @@ fn a_failed_write_leaves_the_existing_file_and_no_temporary_file() {
     a.uns.insert("bad/key".into(), Element::String("x".into()));
     let err = write_h5ad(&a, &out, &WriteOptions::default()).expect_err("must fail");
     assert!(err.to_string().contains("bad/key"), "{err}");
-    assert_eq!(std::fs::read(&out).expect("read back"), b"previous contents");
+    assert_eq!(
+        std::fs::read(&out).expect("read back"),
+        b"previous contents"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
         .expect("list")
         .filter_map(Result::ok)
@@ -260,8 +292,12 @@ fn a_failed_write_leaves_the_existing_file_and_no_temporary_file() {
 fn writing_into_a_missing_folder_is_a_clear_error() {
     let dir = tempfile::tempdir().expect("tempdir");
     let a = read_h5ad(&shared_data().join("anndata-archives/adata-v0.11.4.h5ad")).expect("read");
-    let err = write_h5ad(&a, &dir.path().join("no/such/dir/out.h5ad"), &WriteOptions::default())
-        .expect_err("must fail");
+    let err = write_h5ad(
+        &a,
+        &dir.path().join("no/such/dir/out.h5ad"),
+        &WriteOptions::default(),
+    )
+    .expect_err("must fail");
     assert!(matches!(err, H5adError::Write { .. }), "{err}");
 }
 
@@ -269,9 +305,17 @@ fn writing_into_a_missing_folder_is_a_clear_error() {
 fn nan_in_x_is_reported_as_a_warning() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut a = read_h5ad(&shared_data().join("scmap_yan.h5ad")).expect("read");
-    if let Some(Element::Sparse(SparseMatrix { data: ArrayData::F32(v), .. })) = a.x.as_mut() {
+    if let Some(Element::Sparse(SparseMatrix {
+        data: ArrayData::F32(v),
+        ..
+    })) = a.x.as_mut()
+    {
         v[3] = f32::NAN;
-    } else if let Some(Element::Sparse(SparseMatrix { data: ArrayData::F64(v), .. })) = a.x.as_mut() {
+    } else if let Some(Element::Sparse(SparseMatrix {
+        data: ArrayData::F64(v),
+        ..
+    })) = a.x.as_mut()
+    {
         v[3] = f64::NAN;
     } else {
         panic!("scmap X is float sparse");
@@ -279,5 +323,8 @@ fn nan_in_x_is_reported_as_a_warning() {
     let out = dir.path().join("nan.h5ad");
     write_h5ad(&a, &out, &WriteOptions::default()).expect("write");
     let (_, warnings) = read_h5ad_with_warnings(&out).expect("read");
-    assert!(warnings.iter().any(|w| w.message.contains("NaN")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w.message.contains("NaN")),
+        "{warnings:?}"
+    );
 }

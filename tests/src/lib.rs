@@ -60,7 +60,11 @@ pub fn run_script(script: &str, args: &[&std::ffi::OsStr]) -> Output {
 pub fn make_fixtures(dir: &Path) -> Vec<String> {
     let out = run_script(
         "make_fixtures.py",
-        &[dir.as_os_str(), "--shared-data".as_ref(), shared_data().as_os_str()],
+        &[
+            dir.as_os_str(),
+            "--shared-data".as_ref(),
+            shared_data().as_os_str(),
+        ],
     );
     assert!(
         out.status.success(),
@@ -79,7 +83,11 @@ pub fn make_fixtures(dir: &Path) -> Vec<String> {
 
 /// Asks Python anndata whether `converted` reads back equal to `original`. Returns the
 /// verifier's report on failure.
-pub fn verify_roundtrip(original: &Path, converted: &Path, x_format: Option<&str>) -> Result<(), String> {
+pub fn verify_roundtrip(
+    original: &Path,
+    converted: &Path,
+    x_format: Option<&str>,
+) -> Result<(), String> {
     let mut args: Vec<&std::ffi::OsStr> = vec![original.as_os_str(), converted.as_os_str()];
     if let Some(f) = x_format {
         args.push("--x-format".as_ref());

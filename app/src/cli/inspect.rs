@@ -21,7 +21,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let size = std::fs::metadata(&args.file).ok().map(|m| m.len());
     let summary = Summary::of(&adata, size);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&summary_json(&summary, &warnings))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&summary_json(&summary, &warnings))?
+        );
     } else {
         print!("{}", summary.render());
         for w in &warnings {

@@ -64,19 +64,18 @@ impl CellforgeApp {
     }
 
     fn poll(&mut self) {
-        if let State::Loading { rx, .. } = &self.state {
-            if let Ok(result) = rx.try_recv() {
-                match result {
-                    LoadResult::Failed { path, error } => {
-                        self.error = Some((
-                            format!("Could not open {}", file_name(&path)),
-                            error,
-                        ));
-                        self.state = State::Welcome;
-                    }
-                    loaded => self.state = State::Loaded(Box::new(loaded)),
-                }
+        let State::Loading { rx, .. } = &self.state else {
+            return;
+        };
+        let Ok(result) = rx.try_recv() else {
+            return;
+        };
+        match result {
+            LoadResult::Failed { path, error } => {
+                self.error = Some((format!("Could not open {}", file_name(&path)), error));
+                self.state = State::Welcome;
             }
+            loaded => self.state = State::Loaded(Box::new(loaded)),
         }
     }
 
@@ -93,8 +92,10 @@ impl CellforgeApp {
                 }
             });
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-                if let State::Loaded(r) = &self.state {
-                    if let LoadResult::Loaded { path, summary, .. } = r.as_ref() {
+                if let State::Loaded(r) = &self.state
+                    && let LoadResult::Loaded { path, summary, .. } = r.as_ref()
+                {
+                    {
                         ui.label(format!(
                             "{}  {} cells",
                             file_name(path),

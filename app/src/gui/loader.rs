@@ -54,7 +54,8 @@ fn load(path: &std::path::Path) -> LoadResult {
         Ok((adata, warnings)) => {
             let size = std::fs::metadata(path).ok().map(|m| m.len());
             let summary = Summary::of(&adata, size);
-            let obs_columns: Vec<String> = adata.obs.columns.iter().map(|(n, _)| n.clone()).collect();
+            let obs_columns: Vec<String> =
+                adata.obs.columns.iter().map(|(n, _)| n.clone()).collect();
             let rendered: Vec<Vec<String>> = adata
                 .obs
                 .columns
@@ -64,7 +65,11 @@ fn load(path: &std::path::Path) -> LoadResult {
             let obs_preview = (0..adata.n_obs().min(PREVIEW_ROWS))
                 .map(|i| {
                     let mut row = vec![adata.obs.index[i].clone()];
-                    row.extend(rendered.iter().map(|c| c.get(i).cloned().unwrap_or_default()));
+                    row.extend(
+                        rendered
+                            .iter()
+                            .map(|c| c.get(i).cloned().unwrap_or_default()),
+                    );
                     row
                 })
                 .collect();
@@ -94,7 +99,12 @@ fn column_strings(el: &cellforge_core::anndata::Element, n: usize) -> Vec<String
             .collect(),
         Element::Strings(s) => s.values.iter().take(n).cloned().collect(),
         Element::Dense(a) => (0..a.data.len().min(n))
-            .map(|i| a.data.get_f64(i).map(|x| format!("{x}")).unwrap_or_default())
+            .map(|i| {
+                a.data
+                    .get_f64(i)
+                    .map(|x| format!("{x}"))
+                    .unwrap_or_default()
+            })
             .collect(),
         other => vec![other.encoding_type().to_string(); n],
     }

@@ -38,12 +38,16 @@ pub fn run(open: Option<PathBuf>) -> anyhow::Result<()> {
 pub fn demo_dataset_path() -> Option<PathBuf> {
     let name = "pbmcs_small.h5ad";
     let mut candidates = Vec::new();
-    if let Ok(exe) = std::env::current_exe() {
-        if let Some(dir) = exe.parent() {
-            candidates.push(dir.join("assets/demo").join(name));
-            candidates.push(dir.join("../share/cellforge/demo").join(name));
-        }
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join("assets/demo").join(name));
+        candidates.push(dir.join("../share/cellforge/demo").join(name));
     }
-    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/demo").join(name));
+    candidates.push(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../assets/demo")
+            .join(name),
+    );
     candidates.into_iter().find(|p| p.is_file())
 }

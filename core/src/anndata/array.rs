@@ -196,16 +196,19 @@ impl ArrayData {
     }
 
     /// Value `i` as f64 (bool as 0/1).
+    #[allow(clippy::unnecessary_cast)] // the macro casts every variant, f64 included
     pub fn get_f64(&self, i: usize) -> Option<f64> {
         with_numeric!(self, v => v.get(i).map(|&x| x as f64), b => b.get(i).map(|&x| f64::from(u8::from(x))))
     }
 
     /// All values as f64 (bool as 0/1).
+    #[allow(clippy::unnecessary_cast)] // the macro casts every variant, f64 included
     pub fn to_f64_vec(&self) -> Vec<f64> {
         with_numeric!(self, v => v.iter().map(|&x| x as f64).collect(), b => b.iter().map(|&x| f64::from(u8::from(x))).collect())
     }
 
     /// All values as f32 (bool as 0/1).
+    #[allow(clippy::unnecessary_cast)] // the macro casts every variant, f64 included
     pub fn to_f32_vec(&self) -> Vec<f32> {
         with_numeric!(self, v => v.iter().map(|&x| x as f32).collect(), b => b.iter().map(|&x| f32::from(u8::from(x))).collect())
     }
@@ -259,6 +262,15 @@ impl ArrayData {
             }
             (nan, inf)
         };
+        // Fast vectorisable pre-check: almost all data is finite.
+        let any_bad = match self {
+            ArrayData::F32(v) => v.iter().fold(false, |acc, x| acc | !x.is_finite()),
+            ArrayData::F64(v) => v.iter().fold(false, |acc, x| acc | !x.is_finite()),
+            _ => false,
+        };
+        if !any_bad {
+            return (0, 0);
+        }
         match self {
             ArrayData::F32(v) => count(&mut v.iter().map(|&x| f64::from(x))),
             ArrayData::F64(v) => count(&mut v.iter().copied()),
@@ -267,6 +279,7 @@ impl ArrayData {
     }
 
     /// (min, max) over finite values, `None` when there are none.
+    #[allow(clippy::unnecessary_cast)] // the macro casts every variant, f64 included
     pub fn finite_range(&self) -> Option<(f64, f64)> {
         let mut lo = f64::INFINITY;
         let mut hi = f64::NEG_INFINITY;
@@ -416,10 +429,18 @@ impl SparseMatrix {
                 self.nnz()
             ));
         }
-        if let Some(&bad) = self.indices.iter().find(|&&j| j as usize >= n_minor) {
-            return Err(format!(
-                "indices out of bounds: index {bad} >= {n_minor} (the size of the indexed axis)"
-            ));
+        let limit = u32::try_from(n_minor).unwrap_or(u32::MAX);
+        let out_of_bounds = self.indices.iter().fold(false, |acc, &j| {
+            acc | (j >= limit && (j as usize) >= n_minor)
+        });
+        if out_of_bounds && let Some(&bad) = self.indices.iter().find(|&&j| j as usize >= n_minor) {
+            return Err(if bad > i32::MAX as u32 && n_minor <= i32::MAX as usize {
+                format!("indices out of bounds: negative index {}", bad as i32)
+            } else {
+                format!(
+                    "indices out of bounds: index {bad} >= {n_minor} (the size of the indexed axis)"
+                )
+            });
         }
         Ok(())
     }
@@ -569,11 +590,11 @@ mod tests {
     #[test]
     fn dense_round_trip() {
         let d = example().to_dense();
+        assert_eq!(d.data, ArrayData::F32(vec![1.0, 0.0, 2.0, 0.0, 0.0, 3.0]));
         assert_eq!(
-            d.data,
-            ArrayData::F32(vec![1.0, 0.0, 2.0, 0.0, 0.0, 3.0])
+            SparseMatrix::from_dense(&d, SparseFormat::Csr),
+            Some(example())
         );
-        assert_eq!(SparseMatrix::from_dense(&d, SparseFormat::Csr), Some(example()));
     }
 
     #[test]
@@ -589,7 +610,11 @@ mod tests {
         assert!(m.check_structure().unwrap_err().contains("start at 0"));
         let mut m = example();
         m.indptr = vec![0, 3];
-        assert!(m.check_structure().unwrap_err().contains("indptr has 2 entries"));
+        assert!(
+            m.check_structure()
+                .unwrap_err()
+                .contains("indptr has 2 entries")
+        );
         assert!(example().check_structure().is_ok());
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use hdf5::{Dataset, Group, LocationType};
 
+use super::contiguous::RawLayout;
 use super::error::{H5Context, H5adError, Result};
 use super::h5::{self, Kind};
 use crate::anndata::{ArrayData, DataFrame, DenseArray, Dtype, SparseFormat, SparseMatrix};
@@ -36,15 +37,15 @@ impl RowChunk {
     pub fn into_csr(self) -> SparseMatrix {
         match self {
             RowChunk::Sparse(s) => s,
-            RowChunk::Dense(d) => SparseMatrix::from_dense(&d, SparseFormat::Csr).unwrap_or(
-                SparseMatrix {
+            RowChunk::Dense(d) => {
+                SparseMatrix::from_dense(&d, SparseFormat::Csr).unwrap_or(SparseMatrix {
                     format: SparseFormat::Csr,
                     shape: [0, 0],
                     data: ArrayData::F32(Vec::new()),
                     indices: Vec::new(),
                     indptr: vec![0],
-                },
-            ),
+                })
+            }
         }
     }
 }
@@ -53,7 +54,9 @@ enum Layout {
     Sparse {
         format: SparseFormat,
         data: Dataset,
+        data_raw: Option<RawLayout>,
         indices: Dataset,
+        indices_raw: Option<RawLayout>,
         indices_dtype: Dtype,
         indptr: Vec<u64>,
     },
@@ -127,8 +130,11 @@ impl BackedH5ad {
             }
             LocationType::Group => {
                 let g = root.group(matrix).at(&element)?;
-                let enc = h5::attr_string(&g, "encoding-type", &element)?
-                    .or(h5::attr_string(&g, "h5sparse_format", &element)?);
+                let enc = h5::attr_string(&g, "encoding-type", &element)?.or(h5::attr_string(
+                    &g,
+                    "h5sparse_format",
+                    &element,
+                )?);
                 let format = match enc.as_deref() {
                     Some("csr_matrix" | "csr") => SparseFormat::Csr,
                     Some("csc_matrix" | "csc") => SparseFormat::Csc,
@@ -157,11 +163,19 @@ impl BackedH5ad {
                 };
                 let indptr_el = format!("{element}/indptr");
                 let indptr = h5::read_index_u64(&g.dataset("indptr").at(&indptr_el)?, &indptr_el)?;
-                let n_major = if format == SparseFormat::Csr { shape[0] } else { shape[1] };
+                let n_major = if format == SparseFormat::Csr {
+                    shape[0]
+                } else {
+                    shape[1]
+                };
                 if indptr.len() != n_major + 1 {
                     return Err(H5adError::invalid(
                         &indptr_el,
-                        format!("indptr has {} entries, expected {}", indptr.len(), n_major + 1),
+                        format!(
+                            "indptr has {} entries, expected {}",
+                            indptr.len(),
+                            n_major + 1
+                        ),
                     ));
                 }
                 if indptr.windows(2).any(|w| w[1] < w[0])
@@ -178,14 +192,19 @@ impl BackedH5ad {
                 backed.shape = shape;
                 backed.layout = Some(Layout::Sparse {
                     format,
+                    data_raw: RawLayout::of(&data),
                     data,
+                    indices_raw: RawLayout::of(&indices),
                     indices,
                     indices_dtype,
                     indptr,
                 });
             }
             other => {
-                return Err(H5adError::invalid(&element, format!("is a {other:?}, not a matrix")));
+                return Err(H5adError::invalid(
+                    &element,
+                    format!("is a {other:?}, not a matrix"),
+                ));
             }
         }
         if backed.shape[0] != backed.obs.n_rows() {
@@ -245,14 +264,23 @@ impl BackedH5ad {
             Some(Layout::Sparse {
                 format: SparseFormat::Csr,
                 data,
+                data_raw,
                 indices,
+                indices_raw,
                 indices_dtype,
                 indptr,
             }) => {
                 let (a, b) = (indptr[r0] as usize, indptr[r1] as usize);
-                let values = h5::read_numeric_range(data, self.dtype, a..b, el)?;
+                let values =
+                    h5::read_dataset_numeric_range(data, data_raw.as_ref(), self.dtype, a..b, el)?;
                 let idx = h5::to_u32_indices(
-                    h5::read_numeric_range(indices, *indices_dtype, a..b, el)?,
+                    h5::read_dataset_numeric_range(
+                        indices,
+                        indices_raw.as_ref(),
+                        *indices_dtype,
+                        a..b,
+                        el,
+                    )?,
                     el,
                 )?;
                 let local_ptr = indptr[r0..=r1].iter().map(|&p| p - a as u64).collect();
@@ -263,17 +291,26 @@ impl BackedH5ad {
                     indices: idx,
                     indptr: local_ptr,
                 };
-                m.check_structure().map_err(|msg| H5adError::invalid(el, msg))?;
+                m.check_structure()
+                    .map_err(|msg| H5adError::invalid(el, msg))?;
                 Ok(RowChunk::Sparse(m))
             }
             Some(Layout::Sparse {
                 format: SparseFormat::Csc,
                 data,
+                data_raw,
                 indices,
+                indices_raw,
                 indices_dtype,
                 indptr,
             }) => self
-                .csc_rows(data, indices, *indices_dtype, indptr, r0..r1)
+                .csc_rows(
+                    (data, data_raw.as_ref()),
+                    (indices, indices_raw.as_ref()),
+                    *indices_dtype,
+                    indptr,
+                    r0..r1,
+                )
                 .map(RowChunk::Sparse),
         }
     }
@@ -281,8 +318,8 @@ impl BackedH5ad {
     /// Gathers rows from a CSC matrix by scanning its stored values in bounded blocks.
     fn csc_rows(
         &self,
-        data: &Dataset,
-        indices: &Dataset,
+        (data, data_raw): (&Dataset, Option<&RawLayout>),
+        (indices, indices_raw): (&Dataset, Option<&RawLayout>),
         indices_dtype: Dtype,
         indptr: &[u64],
         rows: Range<usize>,
@@ -298,7 +335,13 @@ impl BackedH5ad {
         while start < nnz {
             let end = (start + CSC_SCAN_BLOCK).min(nnz);
             let idx = h5::to_u32_indices(
-                h5::read_numeric_range(indices, indices_dtype, start..end, el)?,
+                h5::read_dataset_numeric_range(
+                    indices,
+                    indices_raw,
+                    indices_dtype,
+                    start..end,
+                    el,
+                )?,
                 el,
             )?;
             let mut keep = Vec::new();
@@ -320,7 +363,8 @@ impl BackedH5ad {
                 }
             }
             if !keep.is_empty() {
-                let block = h5::read_numeric_range(data, self.dtype, start..end, el)?;
+                let block =
+                    h5::read_dataset_numeric_range(data, data_raw, self.dtype, start..end, el)?;
                 values.extend_from(&block.gather(&keep));
             }
             start = end;
@@ -352,7 +396,10 @@ impl BackedH5ad {
     }
 
     /// Iterates over X in blocks of `chunk_rows` rows.
-    pub fn chunks(&self, chunk_rows: usize) -> impl Iterator<Item = Result<(Range<usize>, RowChunk)>> + '_ {
+    pub fn chunks(
+        &self,
+        chunk_rows: usize,
+    ) -> impl Iterator<Item = Result<(Range<usize>, RowChunk)>> + '_ {
         let step = chunk_rows.max(1);
         (0..self.shape[0]).step_by(step).map(move |r0| {
             let r1 = (r0 + step).min(self.shape[0]);

@@ -6,26 +6,28 @@ use std::path::PathBuf;
 /// What went wrong while reading or writing an `.h5ad` file.
 #[derive(Debug, thiserror::Error)]
 pub enum H5adError {
-    #[error("{path}: the file is empty (zero bytes); it is not an h5ad file")]
+    #[error("the file is empty (zero bytes); it is not an h5ad file")]
     EmptyFile { path: PathBuf },
     #[error(
-        "{path}: not an HDF5 file (no HDF5 signature found); h5ad files are HDF5 files, \
+        "not an HDF5 file (no HDF5 signature found); h5ad files are HDF5 files, \
          this one may be truncated, a different format, or still being copied"
     )]
     NotHdf5 { path: PathBuf },
-    #[error("{path}: cannot open: {source}")]
+    #[error("cannot open the file: {source}")]
     Open {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("{path}: the HDF5 library could not open the file (truncated or corrupt?): {message}")]
+    #[error("the HDF5 library could not open the file (truncated or corrupt?): {message}")]
     Corrupt { path: PathBuf, message: String },
     #[error("element '{element}': HDF5 error: {message}")]
     Hdf5 { element: String, message: String },
     #[error("element '{element}' is missing{hint}")]
     Missing { element: String, hint: String },
-    #[error("element '{element}' has encoding-type '{encoding_type}' version '{version}', which cellforge does not understand")]
+    #[error(
+        "element '{element}' has encoding-type '{encoding_type}' version '{version}', which cellforge does not understand"
+    )]
     UnknownEncoding {
         element: String,
         encoding_type: String,

@@ -13,9 +13,13 @@ use crate::anndata::{ArrayData, Dtype};
 pub(crate) enum Kind {
     Numeric(Dtype),
     /// Variable-length string (UTF-8 or ASCII).
-    VarString { utf8: bool },
+    VarString {
+        utf8: bool,
+    },
     /// Fixed-length string of `len` bytes.
-    FixedString { len: usize },
+    FixedString {
+        len: usize,
+    },
     Compound(hdf5::types::CompoundType),
     Reference,
     Other(String),
@@ -123,6 +127,47 @@ pub(crate) fn read_numeric(c: &Container, dtype: Dtype, element: &str) -> Result
     })
 }
 
+/// Reads a whole numeric dataset, through the fast path when it is stored contiguously.
+pub(crate) fn read_dataset_numeric(ds: &Dataset, dtype: Dtype, element: &str) -> Result<ArrayData> {
+    let layout = super::contiguous::RawLayout::of(ds);
+    read_dataset_numeric_range(ds, layout.as_ref(), dtype, 0..ds.size(), element)
+}
+
+/// Reads `range` of a 1-D numeric dataset (the whole of any dataset when the range covers it).
+/// `layout` is the dataset's direct-read layout when it has one (see `contiguous`).
+pub(crate) fn read_dataset_numeric_range(
+    ds: &Dataset,
+    layout: Option<&super::contiguous::RawLayout>,
+    dtype: Dtype,
+    range: std::ops::Range<usize>,
+    element: &str,
+) -> Result<ArrayData> {
+    macro_rules! fast {
+        ($variant:ident) => {
+            if let Some(v) = layout.and_then(|l| l.read(range.clone())) {
+                return Ok(ArrayData::$variant(v));
+            }
+        };
+    }
+    match dtype {
+        Dtype::Bool => {}
+        Dtype::I8 => fast!(I8),
+        Dtype::I16 => fast!(I16),
+        Dtype::I32 => fast!(I32),
+        Dtype::I64 => fast!(I64),
+        Dtype::U8 => fast!(U8),
+        Dtype::U16 => fast!(U16),
+        Dtype::U32 => fast!(U32),
+        Dtype::U64 => fast!(U64),
+        Dtype::F32 => fast!(F32),
+        Dtype::F64 => fast!(F64),
+    }
+    if range.start == 0 && range.end == ds.size() {
+        return read_numeric(ds, dtype, element);
+    }
+    read_numeric_range(ds, dtype, range, element)
+}
+
 /// Reads booleans stored as h5py's enum, as HDF5's bool, or as plain integers.
 fn read_bool(c: &Container, element: &str) -> Result<Vec<bool>> {
     let dtype = c.dtype().at(element)?;
@@ -144,34 +189,13 @@ pub(crate) fn read_numeric_range(
     range: std::ops::Range<usize>,
     element: &str,
 ) -> Result<ArrayData> {
-    let sel = Selection::from(range.clone());
-    let r = ds.as_reader();
-    macro_rules! rd {
-        ($variant:ident) => {
-            ArrayData::$variant(
-                r.read_slice_1d(sel)
-                    .at(element)?
-                    .into_raw_vec_and_offset()
-                    .0,
-            )
-        };
+    if dtype == Dtype::Bool {
+        let all = read_bool(ds, element)?;
+        return Ok(ArrayData::Bool(
+            all.get(range).map(<[bool]>::to_vec).unwrap_or_default(),
+        ));
     }
-    Ok(match dtype {
-        Dtype::Bool => {
-            let all = read_bool(ds, element)?;
-            ArrayData::Bool(all.get(range).map(<[bool]>::to_vec).unwrap_or_default())
-        }
-        Dtype::I8 => rd!(I8),
-        Dtype::I16 => rd!(I16),
-        Dtype::I32 => rd!(I32),
-        Dtype::I64 => rd!(I64),
-        Dtype::U8 => rd!(U8),
-        Dtype::U16 => rd!(U16),
-        Dtype::U32 => rd!(U32),
-        Dtype::U64 => rd!(U64),
-        Dtype::F32 => rd!(F32),
-        Dtype::F64 => rd!(F64),
-    })
+    read_selection(ds, dtype, Selection::from(range), element)
 }
 
 /// Reads rows `range` of a 2-D numeric dataset (row-major).
@@ -181,13 +205,23 @@ pub(crate) fn read_numeric_rows(
     range: std::ops::Range<usize>,
     element: &str,
 ) -> Result<ArrayData> {
-    let sel: Selection =
-        Hyperslab::from(vec![SliceOrIndex::from(range), SliceOrIndex::from(..)]).into();
+    if dtype == Dtype::Bool {
+        return Err(H5adError::invalid(
+            element,
+            "boolean matrices cannot be read in row chunks",
+        ));
+    }
+    let sel = Hyperslab::from(vec![SliceOrIndex::from(range), SliceOrIndex::from(..)]).into();
+    read_selection(ds, dtype, sel, element)
+}
+
+/// Reads a hyperslab of a non-boolean numeric dataset as a flat row-major buffer.
+fn read_selection(ds: &Dataset, dtype: Dtype, sel: Selection, element: &str) -> Result<ArrayData> {
     let r = ds.as_reader();
     macro_rules! rd {
         ($variant:ident) => {
             ArrayData::$variant(
-                r.read_slice::<_, _, ndarray::Ix2>(sel)
+                r.read_slice::<_, _, ndarray::IxDyn>(sel)
                     .at(element)?
                     .into_raw_vec_and_offset()
                     .0,
@@ -195,12 +229,7 @@ pub(crate) fn read_numeric_rows(
         };
     }
     Ok(match dtype {
-        Dtype::Bool => {
-            return Err(H5adError::invalid(
-                element,
-                "boolean matrices cannot be read in row chunks",
-            ));
-        }
+        Dtype::Bool => ArrayData::Bool(read_bool(ds, element)?),
         Dtype::I8 => rd!(I8),
         Dtype::I16 => rd!(I16),
         Dtype::I32 => rd!(I32),
@@ -269,7 +298,10 @@ pub(crate) fn to_u32_indices(data: ArrayData, element: &str) -> Result<Vec<u32>>
         };
     }
     match data {
-        ArrayData::I32(v) => conv!(v),
+        // The common case (scipy's int32 indices): validate, then reuse the allocation.
+        // Negative values become huge u32 values, which the bounds check of the sparse
+        // structure reports as negative indices.
+        ArrayData::I32(v) => Ok(bytemuck::allocation::cast_vec::<i32, u32>(v)),
         ArrayData::I64(v) => conv!(v),
         ArrayData::I16(v) => conv!(v),
         ArrayData::I8(v) => conv!(v),
@@ -344,7 +376,10 @@ pub(crate) fn read_compound(
     let dtype = ds.dtype().at(element)?;
     let desc = dtype.to_descriptor().at(element)?;
     let TypeDescriptor::Compound(comp) = desc else {
-        return Err(H5adError::invalid(element, "expected a compound (record) dataset"));
+        return Err(H5adError::invalid(
+            element,
+            "expected a compound (record) dataset",
+        ));
     };
     // Convert to a native-endian memory type with the same field layout.
     let mem = Datatype::from_descriptor(&TypeDescriptor::Compound(comp.clone())).at(element)?;
@@ -370,7 +405,11 @@ pub(crate) fn attr_exists(loc: &Location, name: &str) -> bool {
 
 /// Reads an attribute holding a list of strings. h5py stores an empty list as a zero-length
 /// float64 array, which reads as an empty list here.
-pub(crate) fn attr_strings(loc: &Location, name: &str, element: &str) -> Result<Option<Vec<String>>> {
+pub(crate) fn attr_strings(
+    loc: &Location,
+    name: &str,
+    element: &str,
+) -> Result<Option<Vec<String>>> {
     if !attr_exists(loc, name) {
         return Ok(None);
     }
@@ -400,7 +439,10 @@ pub(crate) fn attr_shape(loc: &Location, name: &str, element: &str) -> Result<Op
     let Some(v) = attr_numbers(loc, name, element)? else {
         return Ok(None);
     };
-    if v.len() != 2 || v.iter().any(|&x| x < 0.0 || x.fract() != 0.0 || !x.is_finite()) {
+    if v.len() != 2
+        || v.iter()
+            .any(|&x| x < 0.0 || x.fract() != 0.0 || !x.is_finite())
+    {
         return Err(H5adError::shape(
             element,
             format!("attribute '{name}' must be two non-negative integers, found {v:?}"),
@@ -434,7 +476,12 @@ pub(crate) fn write_attr_str(loc: &Location, name: &str, value: &str, element: &
         .at(element)
 }
 
-pub(crate) fn write_attr_strs(loc: &Location, name: &str, values: &[String], element: &str) -> Result<()> {
+pub(crate) fn write_attr_strs(
+    loc: &Location,
+    name: &str,
+    values: &[String],
+    element: &str,
+) -> Result<()> {
     let v = values
         .iter()
         .map(|s| to_varlen(s, element))
@@ -456,7 +503,12 @@ pub(crate) fn write_attr_strs(loc: &Location, name: &str, values: &[String], ele
         .at(element)
 }
 
-pub(crate) fn write_attr_bool(loc: &Location, name: &str, value: bool, element: &str) -> Result<()> {
+pub(crate) fn write_attr_bool(
+    loc: &Location,
+    name: &str,
+    value: bool,
+    element: &str,
+) -> Result<()> {
     loc.new_attr::<bool>()
         .create(name)
         .at(element)?
@@ -464,7 +516,12 @@ pub(crate) fn write_attr_bool(loc: &Location, name: &str, value: bool, element: 
         .at(element)
 }
 
-pub(crate) fn write_attr_i64s(loc: &Location, name: &str, values: &[i64], element: &str) -> Result<()> {
+pub(crate) fn write_attr_i64s(
+    loc: &Location,
+    name: &str,
+    values: &[i64],
+    element: &str,
+) -> Result<()> {
     loc.new_attr::<i64>()
         .shape(values.len())
         .create(name)
@@ -480,7 +537,10 @@ pub(crate) fn set_encoding(loc: &Location, kind: &str, version: &str, element: &
 
 pub(crate) fn to_varlen(s: &str, element: &str) -> Result<VarLenUnicode> {
     s.parse::<VarLenUnicode>().map_err(|_| {
-        H5adError::invalid(element, format!("string {s:?} contains a NUL byte and cannot be stored"))
+        H5adError::invalid(
+            element,
+            format!("string {s:?} contains a NUL byte and cannot be stored"),
+        )
     })
 }
 
@@ -514,7 +574,11 @@ pub(crate) fn write_numeric(
             let total = shape.iter().product::<usize>();
             let builder = if compression != Compression::None && total > 0 && !shape.is_empty() {
                 let mut chunk = shape.to_vec();
-                chunk[0] = chunk_len(shape[0], shape[1..].iter().product(), std::mem::size_of::<$t>());
+                chunk[0] = chunk_len(
+                    shape[0],
+                    shape[1..].iter().product(),
+                    std::mem::size_of::<$t>(),
+                );
                 let b = builder.chunk(chunk);
                 match compression {
                     Compression::Gzip => b.deflate(4),

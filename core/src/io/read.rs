@@ -59,8 +59,10 @@ fn join(parent: &str, name: &str) -> String {
 
 pub(crate) fn read_root(file: &hdf5::File) -> Result<AnnData> {
     let root: &Group = file;
-    if let Some(enc) = h5::attr_string(root, "encoding-type", "/")? {
-        if enc != "anndata" {
+    if let Some(enc) = h5::attr_string(root, "encoding-type", "/")?
+        && enc != "anndata"
+    {
+        {
             return Err(H5adError::UnknownEncoding {
                 element: "/".into(),
                 encoding_type: enc,
@@ -68,18 +70,8 @@ pub(crate) fn read_root(file: &hdf5::File) -> Result<AnnData> {
             });
         }
     }
-    for required in ["obs", "var"] {
-        if !has_member(root, required) {
-            return Err(H5adError::Missing {
-                element: format!("/{required}"),
-                hint: " (every h5ad file has obs and var dataframes; is this an AnnData file?)"
-                    .into(),
-            });
-        }
-    }
+    let (obs, var) = read_obs_var(file)?;
     let legacy_frames = member_type(root, "obs", "/obs")? == LocationType::Dataset;
-    let obs = read_dataframe_any(root, "obs", "/obs")?;
-    let var = read_dataframe_any(root, "var", "/var")?;
 
     let mut adata = AnnData {
         obs,
@@ -150,10 +142,8 @@ fn move_adjacency_matrices(adata: &mut AnnData) {
             Some(Element::Dense(a)) => a.shape.len() == 2,
             _ => false,
         };
-        if is_matrix {
-            if let Some(m) = neighbors.remove(key) {
-                adata.obsp.insert(key.to_string(), m);
-            }
+        if is_matrix && let Some(m) = neighbors.remove(key) {
+            adata.obsp.insert(key.to_string(), m);
         }
     }
 }
@@ -185,7 +175,10 @@ fn categories_from_uns(adata: &mut AnnData) {
             if !codes.iter().all(|&c| c < cats.len() as f64) {
                 continue;
             }
-            let codes = codes.iter().map(|&c| if c < 0.0 { -1 } else { c as i32 }).collect();
+            let codes = codes
+                .iter()
+                .map(|&c| if c < 0.0 { -1 } else { c as i32 })
+                .collect();
             frame.set_column(
                 &name,
                 Element::Categorical(Categorical {
@@ -330,7 +323,10 @@ fn read_group_element(g: &Group, element: &str) -> Result<Element> {
             let values = h5::read_strings(&values_ds, &values_el)?;
             let mask = read_mask(g, element)?;
             if mask.len() != values.len() {
-                return Err(H5adError::shape(element, "values and mask differ in length"));
+                return Err(H5adError::shape(
+                    element,
+                    "values and mask differ in length",
+                ));
             }
             let na_value = h5::attr_string(g, "na-value", element)?;
             Ok(Element::NullableString {
@@ -371,7 +367,12 @@ fn read_group_element(g: &Group, element: &str) -> Result<Element> {
     }
 }
 
-fn opaque(loc: &hdf5::Location, _element: &str, kind: Option<String>, len: Option<usize>) -> Element {
+fn opaque(
+    loc: &hdf5::Location,
+    _element: &str,
+    kind: Option<String>,
+    len: Option<usize>,
+) -> Element {
     Element::Opaque(Opaque {
         kind: kind.unwrap_or_else(|| "unknown".into()),
         len,
@@ -389,7 +390,10 @@ fn read_nullable_parts(g: &Group, element: &str) -> Result<(ArrayData, Vec<bool>
     };
     let mask = read_mask(g, element)?;
     if mask.len() != values.len() {
-        return Err(H5adError::shape(element, "values and mask differ in length"));
+        return Err(H5adError::shape(
+            element,
+            "values and mask differ in length",
+        ));
     }
     Ok((values, mask))
 }
@@ -406,19 +410,25 @@ fn read_mask(g: &Group, element: &str) -> Result<Vec<bool>> {
     })
 }
 
-fn read_sparse(g: &Group, format: SparseFormat, shape: [usize; 2], element: &str) -> Result<SparseMatrix> {
+fn read_sparse(
+    g: &Group,
+    format: SparseFormat,
+    shape: [usize; 2],
+    element: &str,
+) -> Result<SparseMatrix> {
     let data_el = join(element, "data");
     let data_ds = g.dataset("data").at(&data_el)?;
     let data = match h5::container_kind(&data_ds, &data_el)? {
-        Kind::Numeric(d) => h5::read_numeric(&data_ds, d, &data_el)?,
+        Kind::Numeric(d) => h5::read_dataset_numeric(&data_ds, d, &data_el)?,
         other => return Err(h5::dtype_error(&data_el, &other, "numbers")),
     };
     let indices_el = join(element, "indices");
     let indices_ds = g.dataset("indices").at(&indices_el)?;
     let indices = match h5::container_kind(&indices_ds, &indices_el)? {
-        Kind::Numeric(d) if d.is_integer() => {
-            h5::to_u32_indices(h5::read_numeric(&indices_ds, d, &indices_el)?, &indices_el)?
-        }
+        Kind::Numeric(d) if d.is_integer() => h5::to_u32_indices(
+            h5::read_dataset_numeric(&indices_ds, d, &indices_el)?,
+            &indices_el,
+        )?,
         other => return Err(h5::dtype_error(&indices_el, &other, "integers")),
     };
     let indptr_el = join(element, "indptr");
@@ -473,11 +483,23 @@ fn read_dataset_element(ds: &Dataset, element: &str) -> Result<Element> {
         Some("string") => {
             check_version(element, "string", &version, &["0.2.0"])?;
             let values = h5::read_strings(ds, element)?;
-            Ok(Element::String(values.into_iter().next().unwrap_or_default()))
+            Ok(Element::String(
+                values.into_iter().next().unwrap_or_default(),
+            ))
         }
         Some("null") => Ok(Element::Null),
-        Some("rec-array") => Ok(opaque(ds, element, Some("rec-array".into()), shape.first().copied())),
-        Some(other) => Ok(opaque(ds, element, Some(other.to_string()), shape.first().copied())),
+        Some("rec-array") => Ok(opaque(
+            ds,
+            element,
+            Some("rec-array".into()),
+            shape.first().copied(),
+        )),
+        Some(other) => Ok(opaque(
+            ds,
+            element,
+            Some(other.to_string()),
+            shape.first().copied(),
+        )),
         None => read_legacy_dataset(ds, kind, shape, element),
     }
 }
@@ -489,7 +511,7 @@ fn dense(ds: &Dataset, dtype: Dtype, shape: Vec<usize>, element: &str) -> Result
             data: ArrayData::with_capacity(dtype, 0),
         });
     }
-    let data = h5::read_numeric(ds, dtype, element)?;
+    let data = h5::read_dataset_numeric(ds, dtype, element)?;
     DenseArray::new(shape, data)
         .ok_or_else(|| H5adError::shape(element, "number of values does not match the shape"))
 }
@@ -505,7 +527,12 @@ impl EmptySpace for Dataset {
 }
 
 /// Datasets without encoding attributes, read as anndata's legacy `read_dataset` does.
-fn read_legacy_dataset(ds: &Dataset, kind: Kind, shape: Vec<usize>, element: &str) -> Result<Element> {
+fn read_legacy_dataset(
+    ds: &Dataset,
+    kind: Kind,
+    shape: Vec<usize>,
+    element: &str,
+) -> Result<Element> {
     match kind {
         Kind::Numeric(d) => {
             let a = dense(ds, d, shape, element)?;
@@ -518,7 +545,9 @@ fn read_legacy_dataset(ds: &Dataset, kind: Kind, shape: Vec<usize>, element: &st
         Kind::VarString { .. } => {
             let values = h5::read_strings(ds, element)?;
             if shape.is_empty() {
-                Ok(Element::String(values.into_iter().next().unwrap_or_default()))
+                Ok(Element::String(
+                    values.into_iter().next().unwrap_or_default(),
+                ))
             } else {
                 Ok(Element::Strings(StringArray { shape, values }))
             }
@@ -527,13 +556,20 @@ fn read_legacy_dataset(ds: &Dataset, kind: Kind, shape: Vec<usize>, element: &st
             let values = h5::read_strings(ds, element)?;
             // Old writers stored scalar strings as one-element byte-string arrays.
             if shape.is_empty() || (shape.len() == 1 && values.len() == 1) {
-                Ok(Element::String(values.into_iter().next().unwrap_or_default()))
+                Ok(Element::String(
+                    values.into_iter().next().unwrap_or_default(),
+                ))
             } else {
                 Ok(Element::Strings(StringArray { shape, values }))
             }
         }
         Kind::Compound(_) => {
-            let mut el = opaque(ds, element, Some("rec-array".into()), shape.first().copied());
+            let mut el = opaque(
+                ds,
+                element,
+                Some("rec-array".into()),
+                shape.first().copied(),
+            );
             if let Element::Opaque(o) = &mut el {
                 o.add_attrs = vec![
                     ("encoding-type".into(), "rec-array".into()),
@@ -542,7 +578,11 @@ fn read_legacy_dataset(ds: &Dataset, kind: Kind, shape: Vec<usize>, element: &st
             }
             Ok(el)
         }
-        other => Err(h5::dtype_error(element, &other, "a numeric or string array")),
+        other => Err(h5::dtype_error(
+            element,
+            &other,
+            "a numeric or string array",
+        )),
     }
 }
 
@@ -568,7 +608,10 @@ fn read_dataframe_any(parent: &Group, name: &str, element: &str) -> Result<DataF
             let ds = parent.dataset(name).at(element)?;
             read_record_dataframe(&ds, element)
         }
-        other => Err(H5adError::invalid(element, format!("expected a dataframe, found {other:?}"))),
+        other => Err(H5adError::invalid(
+            element,
+            format!("expected a dataframe, found {other:?}"),
+        )),
     }
 }
 
@@ -590,13 +633,19 @@ fn read_dataframe_group(g: &Group, element: &str) -> Result<DataFrame> {
             .map(|i| match &a.data {
                 ArrayData::F32(v) => v[i].to_string(),
                 ArrayData::F64(v) => v[i].to_string(),
-                other => other.get_f64(i).map(|x| (x as i64).to_string()).unwrap_or_default(),
+                other => other
+                    .get_f64(i)
+                    .map(|x| (x as i64).to_string())
+                    .unwrap_or_default(),
             })
             .collect(),
         other => {
             return Err(H5adError::invalid(
                 &index_el,
-                format!("the index must be a 1-D string array, found {}", other.describe()),
+                format!(
+                    "the index must be a 1-D string array, found {}",
+                    other.describe()
+                ),
             ));
         }
     };
@@ -649,7 +698,10 @@ fn read_legacy_categorical(ds: &Dataset, element: &str) -> Result<Categorical> {
     let reference: hdf5::ObjectReference1 = attr.read_scalar().at(element)?;
     let target = ds.dereference(&reference).at(element)?;
     let hdf5::ReferencedObject::Dataset(cats_ds) = target else {
-        return Err(H5adError::invalid(element, "categories reference does not point to a dataset"));
+        return Err(H5adError::invalid(
+            element,
+            "categories reference does not point to a dataset",
+        ));
     };
     let cats_el = format!("{element} (categories)");
     let categories = match read_dataset_element(&cats_ds, &cats_el)? {
@@ -682,7 +734,10 @@ fn codes_of(ds: &Dataset, element: &str) -> Result<Vec<i32>> {
             if (-1.0..=i32::MAX as f64).contains(&c) {
                 Ok(c as i32)
             } else {
-                Err(H5adError::invalid(element, format!("category code {c} is invalid (must be -1 or a category number)")))
+                Err(H5adError::invalid(
+                    element,
+                    format!("category code {c} is invalid (must be -1 or a category number)"),
+                ))
             }
         })
         .collect()
@@ -700,7 +755,13 @@ fn read_categorical(g: &Group, element: &str) -> Result<Categorical> {
     }
     let categories = read_element(g, "categories", &cats_el)?;
     if !matches!(categories, Element::Strings(_) | Element::Dense(_)) {
-        return Err(H5adError::invalid(&cats_el, format!("categories must be an array, found {}", categories.describe())));
+        return Err(H5adError::invalid(
+            &cats_el,
+            format!(
+                "categories must be an array, found {}",
+                categories.describe()
+            ),
+        ));
     }
     let ordered = h5::attr_numbers(g, "ordered", element)?
         .and_then(|v| v.first().copied())
@@ -777,7 +838,13 @@ fn read_records(ds: &Dataset, element: &str) -> Result<(Vec<Element>, Vec<String
                     .collect();
                 Element::Strings(StringArray::from_vec(values))
             }
-            other => return Err(h5::dtype_error(&el, &other, "numbers or fixed-length strings")),
+            other => {
+                return Err(h5::dtype_error(
+                    &el,
+                    &other,
+                    "numbers or fixed-length strings",
+                ));
+            }
         };
         out.push(element);
         names.push(f.name.clone());
@@ -814,7 +881,10 @@ fn decode_native(raw: &[u8], dtype: Dtype) -> ArrayData {
 fn read_record_dataframe(ds: &Dataset, element: &str) -> Result<DataFrame> {
     let (mut columns, mut names) = read_records(ds, element)?;
     if columns.is_empty() {
-        return Err(H5adError::invalid(element, "record dataframe has no fields"));
+        return Err(H5adError::invalid(
+            element,
+            "record dataframe has no fields",
+        ));
     }
     let index_col = columns.remove(0);
     let index_name = names.remove(0);

@@ -15,6 +15,13 @@ fn matrix_shape(el: &Element) -> Option<Vec<usize>> {
 }
 
 fn check_matrix(el: &Element, element: &str, rows: usize, cols: usize) -> Result<()> {
+    if let Element::Opaque(o) = el {
+        return Err(H5adError::UnknownEncoding {
+            element: element.to_string(),
+            encoding_type: o.kind.clone(),
+            version: String::new(),
+        });
+    }
     let Some(shape) = matrix_shape(el) else {
         return Err(H5adError::invalid(
             element,

@@ -40,7 +40,12 @@ pub fn write_h5ad(adata: &AnnData, path: &Path, opts: &WriteOptions) -> Result<(
         .prefix(".cellforge-")
         .suffix(".h5ad.partial")
         .tempfile_in(&dir)
-        .map_err(|e| write_err(format!("cannot create a temporary file in {}: {e}", dir.display())))?;
+        .map_err(|e| {
+            write_err(format!(
+                "cannot create a temporary file in {}: {e}",
+                dir.display()
+            ))
+        })?;
     let tmp_path = tmp.path().to_path_buf();
     {
         let file = hdf5::File::create(&tmp_path)
@@ -60,8 +65,12 @@ pub fn write_h5ad(adata: &AnnData, path: &Path, opts: &WriteOptions) -> Result<(
         source: e,
     })?;
     drop(handle);
-    tmp.persist(path)
-        .map_err(|e| write_err(format!("renaming the finished file into place failed: {}", e.error)))?;
+    tmp.persist(path).map_err(|e| {
+        write_err(format!(
+            "renaming the finished file into place failed: {}",
+            e.error
+        ))
+    })?;
     if let Ok(d) = std::fs::File::open(&dir) {
         // Best effort: make the rename durable too.
         let _ = d.sync_all();
@@ -131,19 +140,34 @@ fn convert_matrix(el: &Element, fmt: XFormat, element: &str) -> Result<Element> 
     })
 }
 
-fn write_mapping(parent: &Group, name: &str, map: &Mapping, c: Compression, element: &str) -> Result<()> {
+fn write_mapping(
+    parent: &Group,
+    name: &str,
+    map: &Mapping,
+    c: Compression,
+    element: &str,
+) -> Result<()> {
     let g = parent.create_group(name).at(element)?;
     h5::set_encoding(&g, "dict", "0.1.0", element)?;
     for (key, el) in map {
         if key.contains('/') || key.is_empty() {
-            return Err(H5adError::invalid(element, format!("key {key:?} cannot be stored (empty or contains '/')")));
+            return Err(H5adError::invalid(
+                element,
+                format!("key {key:?} cannot be stored (empty or contains '/')"),
+            ));
         }
         write_element(&g, key, el, c, &format!("{element}/{key}"))?;
     }
     Ok(())
 }
 
-fn write_dataframe(parent: &Group, name: &str, df: &DataFrame, c: Compression, element: &str) -> Result<()> {
+fn write_dataframe(
+    parent: &Group,
+    name: &str,
+    df: &DataFrame,
+    c: Compression,
+    element: &str,
+) -> Result<()> {
     let g = parent.create_group(name).at(element)?;
     h5::set_encoding(&g, "dataframe", "0.2.0", element)?;
     let index_name = if df.index_name.is_empty() {
@@ -165,7 +189,10 @@ fn write_dataframe(parent: &Group, name: &str, df: &DataFrame, c: Compression, e
     h5::set_encoding(&ds, "string-array", "0.2.0", &index_el)?;
     for (col, el) in &df.columns {
         if col.contains('/') || col.is_empty() {
-            return Err(H5adError::invalid(element, format!("column name {col:?} cannot be stored (empty or contains '/')")));
+            return Err(H5adError::invalid(
+                element,
+                format!("column name {col:?} cannot be stored (empty or contains '/')"),
+            ));
         }
         write_element(&g, col, el, c, &format!("{element}/{col}"))?;
     }
@@ -173,7 +200,13 @@ fn write_dataframe(parent: &Group, name: &str, df: &DataFrame, c: Compression, e
 }
 
 /// Writes one element under `parent/name`.
-pub(crate) fn write_element(parent: &Group, name: &str, el: &Element, c: Compression, element: &str) -> Result<()> {
+pub(crate) fn write_element(
+    parent: &Group,
+    name: &str,
+    el: &Element,
+    c: Compression,
+    element: &str,
+) -> Result<()> {
     match el {
         Element::Dense(a) => {
             let ds = h5::write_numeric(parent, name, &a.data, &a.shape, c, element)?;
@@ -184,7 +217,14 @@ pub(crate) fn write_element(parent: &Group, name: &str, el: &Element, c: Compres
             h5::set_encoding(&ds, "numeric-scalar", "0.2.0", element)
         }
         Element::String(s) => {
-            let ds = h5::write_strings(parent, name, std::slice::from_ref(s), &[], Compression::None, element)?;
+            let ds = h5::write_strings(
+                parent,
+                name,
+                std::slice::from_ref(s),
+                &[],
+                Compression::None,
+                element,
+            )?;
             h5::set_encoding(&ds, "string", "0.2.0", element)
         }
         Element::Strings(s) => {
@@ -209,7 +249,13 @@ pub(crate) fn write_element(parent: &Group, name: &str, el: &Element, c: Compres
             let codes_el = format!("{element}/codes");
             let ds = h5::write_numeric(&g, "codes", &codes, &[cat.codes.len()], c, &codes_el)?;
             h5::set_encoding(&ds, "array", "0.2.0", &codes_el)?;
-            write_element(&g, "categories", &cat.categories, c, &format!("{element}/categories"))
+            write_element(
+                &g,
+                "categories",
+                &cat.categories,
+                c,
+                &format!("{element}/categories"),
+            )
         }
         Element::NullableInteger { values, mask } => {
             write_nullable(parent, name, "nullable-integer", values, mask, c, element)
@@ -223,7 +269,11 @@ pub(crate) fn write_element(parent: &Group, name: &str, el: &Element, c: Compres
             c,
             element,
         ),
-        Element::NullableString { values, mask, na_value } => {
+        Element::NullableString {
+            values,
+            mask,
+            na_value,
+        } => {
             let g = parent.create_group(name).at(element)?;
             h5::set_encoding(&g, "nullable-string-array", "0.1.0", element)?;
             if let Some(na) = na_value {
@@ -233,18 +283,26 @@ pub(crate) fn write_element(parent: &Group, name: &str, el: &Element, c: Compres
             let ds = h5::write_strings(&g, "values", values, &[values.len()], c, &v_el)?;
             h5::set_encoding(&ds, "string-array", "0.2.0", &v_el)?;
             let m_el = format!("{element}/mask");
-            let ds = h5::write_numeric(&g, "mask", &ArrayData::Bool(mask.clone()), &[mask.len()], c, &m_el)?;
+            let ds = h5::write_numeric(
+                &g,
+                "mask",
+                &ArrayData::Bool(mask.clone()),
+                &[mask.len()],
+                c,
+                &m_el,
+            )?;
             h5::set_encoding(&ds, "array", "0.2.0", &m_el)
         }
         Element::Null => write_null(parent, name, element),
         Element::Opaque(o) => {
             o.source.copy_to(parent, name).at(element)?;
             if !o.add_attrs.is_empty() {
-                let loc: hdf5::Location = if parent.loc_type_by_name(name).at(element)? == hdf5::LocationType::Group {
-                    (*parent.group(name).at(element)?).clone()
-                } else {
-                    (**parent.dataset(name).at(element)?).clone()
-                };
+                let loc: hdf5::Location =
+                    if parent.loc_type_by_name(name).at(element)? == hdf5::LocationType::Group {
+                        (*parent.group(name).at(element)?).clone()
+                    } else {
+                        (**parent.dataset(name).at(element)?).clone()
+                    };
                 for (k, v) in &o.add_attrs {
                     h5::write_attr_str(&loc, k, v, element)?;
                 }
@@ -269,20 +327,46 @@ fn write_nullable(
     let ds = h5::write_numeric(&g, "values", values, &[values.len()], c, &v_el)?;
     h5::set_encoding(&ds, "array", "0.2.0", &v_el)?;
     let m_el = format!("{element}/mask");
-    let ds = h5::write_numeric(&g, "mask", &ArrayData::Bool(mask.to_vec()), &[mask.len()], c, &m_el)?;
+    let ds = h5::write_numeric(
+        &g,
+        "mask",
+        &ArrayData::Bool(mask.to_vec()),
+        &[mask.len()],
+        c,
+        &m_el,
+    )?;
     h5::set_encoding(&ds, "array", "0.2.0", &m_el)
 }
 
-fn write_sparse(parent: &Group, name: &str, s: &SparseMatrix, c: Compression, element: &str) -> Result<()> {
-    s.check_structure().map_err(|m| H5adError::invalid(element, m))?;
+fn write_sparse(
+    parent: &Group,
+    name: &str,
+    s: &SparseMatrix,
+    c: Compression,
+    element: &str,
+) -> Result<()> {
+    s.check_structure()
+        .map_err(|m| H5adError::invalid(element, m))?;
     let g = parent.create_group(name).at(element)?;
     let kind = match s.format {
         SparseFormat::Csr => "csr_matrix",
         SparseFormat::Csc => "csc_matrix",
     };
     h5::set_encoding(&g, kind, "0.1.0", element)?;
-    h5::write_attr_i64s(&g, "shape", &[s.shape[0] as i64, s.shape[1] as i64], element)?;
-    h5::write_numeric(&g, "data", &s.data, &[s.nnz()], c, &format!("{element}/data"))?;
+    h5::write_attr_i64s(
+        &g,
+        "shape",
+        &[s.shape[0] as i64, s.shape[1] as i64],
+        element,
+    )?;
+    h5::write_numeric(
+        &g,
+        "data",
+        &s.data,
+        &[s.nnz()],
+        c,
+        &format!("{element}/data"),
+    )?;
     // scipy's convention: int32 indices/indptr while they fit, int64 beyond.
     let fits_i32 = s.nnz() <= i32::MAX as usize && s.n_minor() <= i32::MAX as usize;
     let (indices, indptr) = if fits_i32 {
@@ -296,8 +380,22 @@ fn write_sparse(parent: &Group, name: &str, s: &SparseMatrix, c: Compression, el
             ArrayData::I64(s.indptr.iter().map(|&x| x as i64).collect()),
         )
     };
-    h5::write_numeric(&g, "indices", &indices, &[s.nnz()], c, &format!("{element}/indices"))?;
-    h5::write_numeric(&g, "indptr", &indptr, &[s.indptr.len()], Compression::None, &format!("{element}/indptr"))?;
+    h5::write_numeric(
+        &g,
+        "indices",
+        &indices,
+        &[s.nnz()],
+        c,
+        &format!("{element}/indices"),
+    )?;
+    h5::write_numeric(
+        &g,
+        "indptr",
+        &indptr,
+        &[s.indptr.len()],
+        Compression::None,
+        &format!("{element}/indptr"),
+    )?;
     Ok(())
 }
 

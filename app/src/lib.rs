@@ -1,0 +1,5 @@
+//! The cellforge application: the desktop app ([`gui`]) and the command-line interface
+//! ([`cli`]) over the `cellforge-core` engine. `main.rs` only dispatches between the two.
+
+pub mod cli;
+pub mod gui;
