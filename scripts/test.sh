@@ -29,9 +29,11 @@ export CELLFORGE_PYTHON="$root/.venv/bin/python"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
-cargo nextest run --workspace --locked --no-fail-fast
 # The verifier must accept anndata's own rewrite of every fixture and reject mutations.
 fx=$(mktemp -d)
 "$CELLFORGE_PYTHON" scripts/interop/make_fixtures.py "$fx" --shared-data "${CELLFORGE_SHARED_DATA:-$root/../shared/data}" >/dev/null
 "$CELLFORGE_PYTHON" scripts/interop/verify_roundtrip.py --self-test "$fx"
 rm -rf "$fx"
+
+# Last, so its summary is the closing line of the run.
+cargo nextest run --workspace --locked --no-fail-fast
