@@ -8,7 +8,7 @@ use std::path::Path;
 
 use hdf5::{Dataset, Group, LocationType};
 
-use super::contiguous::RawLayout;
+use super::direct::DirectLayout;
 use super::error::{H5Context, H5adError, Result};
 use super::h5::{self, Kind};
 use crate::anndata::{ArrayData, DataFrame, DenseArray, Dtype, SparseFormat, SparseMatrix};
@@ -54,9 +54,9 @@ enum Layout {
     Sparse {
         format: SparseFormat,
         data: Dataset,
-        data_raw: Option<RawLayout>,
+        data_raw: Option<DirectLayout>,
         indices: Dataset,
-        indices_raw: Option<RawLayout>,
+        indices_raw: Option<DirectLayout>,
         indices_dtype: Dtype,
         indptr: Vec<u64>,
     },
@@ -192,9 +192,9 @@ impl BackedH5ad {
                 backed.shape = shape;
                 backed.layout = Some(Layout::Sparse {
                     format,
-                    data_raw: RawLayout::of(&data),
+                    data_raw: DirectLayout::of(&data),
                     data,
-                    indices_raw: RawLayout::of(&indices),
+                    indices_raw: DirectLayout::of(&indices),
                     indices,
                     indices_dtype,
                     indptr,
@@ -318,8 +318,8 @@ impl BackedH5ad {
     /// Gathers rows from a CSC matrix by scanning its stored values in bounded blocks.
     fn csc_rows(
         &self,
-        (data, data_raw): (&Dataset, Option<&RawLayout>),
-        (indices, indices_raw): (&Dataset, Option<&RawLayout>),
+        (data, data_raw): (&Dataset, Option<&DirectLayout>),
+        (indices, indices_raw): (&Dataset, Option<&DirectLayout>),
         indices_dtype: Dtype,
         indptr: &[u64],
         rows: Range<usize>,

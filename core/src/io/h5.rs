@@ -129,15 +129,15 @@ pub(crate) fn read_numeric(c: &Container, dtype: Dtype, element: &str) -> Result
 
 /// Reads a whole numeric dataset, through the fast path when it is stored contiguously.
 pub(crate) fn read_dataset_numeric(ds: &Dataset, dtype: Dtype, element: &str) -> Result<ArrayData> {
-    let layout = super::contiguous::RawLayout::of(ds);
+    let layout = super::direct::DirectLayout::of(ds);
     read_dataset_numeric_range(ds, layout.as_ref(), dtype, 0..ds.size(), element)
 }
 
 /// Reads `range` of a 1-D numeric dataset (the whole of any dataset when the range covers it).
-/// `layout` is the dataset's direct-read layout when it has one (see `contiguous`).
+/// `layout` is the dataset's direct-read layout when it has one (see `direct`).
 pub(crate) fn read_dataset_numeric_range(
     ds: &Dataset,
-    layout: Option<&super::contiguous::RawLayout>,
+    layout: Option<&super::direct::DirectLayout>,
     dtype: Dtype,
     range: std::ops::Range<usize>,
     element: &str,

@@ -5,7 +5,7 @@
 //! Files are only ever opened read-only for reading: the input is never modified.
 
 mod backed;
-mod contiguous;
+mod direct;
 mod error;
 mod h5;
 mod read;
