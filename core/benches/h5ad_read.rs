@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench -p cellforge-core --bench h5ad_read` (generates a 100k x 20k CSR file with
 //! ~1,500 non-zeros per cell under target/bench-data the first time, using Python anndata).
-//! Environment: `BENCH_H5AD=path` to use another file, `BENCH_RUNS=n` (default 3),
+//! Environment: `BENCH_H5AD=/absolute/path.h5ad` to use another file (cargo runs benches from
+//! the crate folder, so relative paths resolve there), `BENCH_RUNS=n` (default 3),
 //! `BENCH_CHUNK_ROWS=n` (default 10000), `CELLFORGE_PYTHON=python with anndata`.
 
 use std::path::{Path, PathBuf};
