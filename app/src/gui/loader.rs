@@ -102,7 +102,7 @@ fn column_strings(el: &cellforge_core::anndata::Element, n: usize) -> Vec<String
             .map(|i| {
                 a.data
                     .get_f64(i)
-                    .map(|x| format!("{x}"))
+                    .map(cellforge_core::fmt::number)
                     .unwrap_or_default()
             })
             .collect(),

@@ -15,6 +15,8 @@ use hdf5::types::TypeDescriptor;
 /// Work smaller than this is not worth a thread.
 const MIN_PART_BYTES: usize = 8 << 20;
 const MAX_THREADS: usize = 4;
+/// HDF5's own limit on a chunk's size; anything larger is not a real chunk.
+const MAX_CHUNK_BYTES: usize = 4 << 30;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Coding {
@@ -77,7 +79,10 @@ impl DirectLayout {
         let base = file.userblock();
         let path = std::path::PathBuf::from(file.filename());
         if let Some(offset) = ds.offset() {
-            if ds.storage_size() != (n_elems * elem_size) as u64 {
+            let file_len = std::fs::metadata(&path).ok()?.len();
+            if ds.storage_size() != (n_elems * elem_size) as u64
+                || (base + offset).saturating_add((n_elems * elem_size) as u64) > file_len
+            {
                 return None;
             }
             return Some(Self {
@@ -126,6 +131,16 @@ impl DirectLayout {
         })
         .ok()?;
         if !ok {
+            return None;
+        }
+        // A chunk index pointing past the end of the file (truncated or crafted) is left to
+        // HDF5, which reports it as an error.
+        let file_len = std::fs::metadata(&path).ok()?.len();
+        if extents
+            .iter()
+            .any(|e| e.addr.saturating_add(e.stored as u64) > file_len)
+            || chunk_len.checked_mul(elem_size)? > MAX_CHUNK_BYTES
+        {
             return None;
         }
         extents.sort_unstable_by_key(|e| e.start);
@@ -222,8 +237,10 @@ impl DirectLayout {
                 // Chunks are stored full size, even the last, partly used one.
                 let full = self.chunk_len * elem;
                 scratch.clear();
-                scratch.reserve(full);
-                let mut dec = flate2::read::ZlibDecoder::new(compressed.as_slice());
+                scratch.reserve(full.min(64 << 20));
+                // Never inflate past one chunk, whatever the stream claims.
+                let mut dec =
+                    flate2::read::ZlibDecoder::new(compressed.as_slice()).take(full as u64);
                 if dec.read_to_end(scratch).is_err() || scratch.len() < e.len * elem {
                     return false;
                 }
