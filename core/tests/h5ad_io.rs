@@ -177,15 +177,7 @@ fn x_format_conversion_keeps_values() {
         (XFormat::Csr, "csr_matrix"),
     ] {
         let out = dir.path().join("x.h5ad");
-        write_h5ad(
-            &a,
-            &out,
-            &WriteOptions {
-                compression: Compression::None,
-                x_format: Some(fmt),
-            },
-        )
-        .expect("write");
+        write_h5ad(&a, &out, &WriteOptions::with_x_format(fmt)).expect("write");
         let b = read_h5ad(&out).expect("read");
         let x2 = b.x.as_ref().expect("X");
         assert_eq!(x2.encoding_type(), check);

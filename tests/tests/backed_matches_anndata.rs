@@ -4,9 +4,7 @@
 
 use std::process::Command;
 
-use cellforge_core::io::{
-    BackedH5ad, Compression, RowChunk, WriteOptions, XFormat, read_h5ad, write_h5ad,
-};
+use cellforge_core::io::{BackedH5ad, RowChunk, WriteOptions, XFormat, read_h5ad, write_h5ad};
 use cellforge_e2e::{python, shared_data};
 
 const CHECK: &str = r#"
@@ -85,15 +83,7 @@ fn chunked_csr_and_csc_reads_match_anndata() {
     let a = read_h5ad(&src).expect("read");
     for (fmt, name) in [(XFormat::Csc, "csc.h5ad"), (XFormat::Dense, "dense.h5ad")] {
         let out = dir.path().join(name);
-        write_h5ad(
-            &a,
-            &out,
-            &WriteOptions {
-                compression: Compression::None,
-                x_format: Some(fmt),
-            },
-        )
-        .expect("write");
+        write_h5ad(&a, &out, &WriteOptions::with_x_format(fmt)).expect("write");
         let (t2, n2) = chunk_stats(&out, 257);
         assert_eq!(t2, totals, "{name}: totals differ from the CSR read");
         assert_eq!(n2, nnz, "{name}: non-zero counts differ from the CSR read");

@@ -553,6 +553,27 @@ fn extents(shape: &[usize]) -> hdf5::Extents {
     }
 }
 
+/// Adds chunking and the compression filter to a dataset builder (nothing for scalars, empty
+/// arrays, or no compression).
+fn compressed(
+    builder: hdf5::DatasetBuilderEmptyShape,
+    shape: &[usize],
+    elem_bytes: usize,
+    compression: Compression,
+) -> hdf5::DatasetBuilderEmptyShape {
+    if compression == Compression::None || shape.is_empty() || shape.contains(&0) {
+        return builder;
+    }
+    let mut chunk = shape.to_vec();
+    chunk[0] = chunk_len(shape[0], shape[1..].iter().product(), elem_bytes);
+    let b = builder.chunk(chunk);
+    match compression {
+        Compression::Gzip => b.deflate(4),
+        Compression::Lzf => b.lzf(),
+        Compression::None => b,
+    }
+}
+
 fn chunk_len(total: usize, row_len: usize, elem_bytes: usize) -> usize {
     // ~1 MiB chunks, at least one row.
     let per_row = (row_len.max(1) * elem_bytes).max(1);
@@ -572,22 +593,7 @@ pub(crate) fn write_numeric(
         ($v:expr, $t:ty) => {{
             let builder = group.new_dataset::<$t>().shape(extents(shape));
             let total = shape.iter().product::<usize>();
-            let builder = if compression != Compression::None && total > 0 && !shape.is_empty() {
-                let mut chunk = shape.to_vec();
-                chunk[0] = chunk_len(
-                    shape[0],
-                    shape[1..].iter().product(),
-                    std::mem::size_of::<$t>(),
-                );
-                let b = builder.chunk(chunk);
-                match compression {
-                    Compression::Gzip => b.deflate(4),
-                    Compression::Lzf => b.lzf(),
-                    Compression::None => b,
-                }
-            } else {
-                builder
-            };
+            let builder = compressed(builder, shape, std::mem::size_of::<$t>(), compression);
             let ds = builder.create(name).at(element)?;
             if total > 0 || shape.is_empty() {
                 ds.as_writer().write_raw($v.as_slice()).at(element)?;
@@ -624,18 +630,7 @@ pub(crate) fn write_strings(
         .map(|s| to_varlen(s, element))
         .collect::<Result<Vec<_>>>()?;
     let builder = group.new_dataset::<VarLenUnicode>().shape(extents(shape));
-    let builder = if compression != Compression::None && !v.is_empty() && !shape.is_empty() {
-        let mut chunk = shape.to_vec();
-        chunk[0] = chunk_len(shape[0], shape[1..].iter().product(), 16);
-        let b = builder.chunk(chunk);
-        match compression {
-            Compression::Gzip => b.deflate(4),
-            Compression::Lzf => b.lzf(),
-            Compression::None => b,
-        }
-    } else {
-        builder
-    };
+    let builder = compressed(builder, shape, 16, compression);
     let ds = builder.create(name).at(element)?;
     if !v.is_empty() {
         ds.as_writer().write_raw(&v).at(element)?;

@@ -26,6 +26,16 @@ pub struct WriteOptions {
     pub x_format: Option<XFormat>,
 }
 
+impl WriteOptions {
+    /// Uncompressed, with X converted to `x_format`.
+    pub fn with_x_format(x_format: XFormat) -> Self {
+        Self {
+            compression: Compression::None,
+            x_format: Some(x_format),
+        }
+    }
+}
+
 /// Writes `adata` to `path` atomically (temp file in the same folder, then rename).
 pub fn write_h5ad(adata: &AnnData, path: &Path, opts: &WriteOptions) -> Result<()> {
     let dir = match path.parent() {
