@@ -4,8 +4,11 @@
 
 use std::fmt::Write as _;
 
+use std::path::Path;
+
 use crate::anndata::{AnnData, ArrayData, Element, Mapping};
 use crate::fmt::{bytes, thousands};
+use crate::io::{BackedH5ad, H5adError, ReadWarning, RowChunk};
 
 /// Facts about X.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,67 +55,132 @@ pub struct Summary {
     pub file_size_bytes: Option<u64>,
 }
 
-fn data_stats(data: &ArrayData) -> (Option<(f64, f64)>, usize, usize, bool, usize) {
-    let range = data.finite_range();
-    let (nan, inf) = data.count_non_finite();
-    let counts = data.looks_like_counts();
-    let nonzero = (0..data.len())
-        .filter(|&i| data.get_f64(i).is_some_and(|x| x != 0.0))
-        .count();
-    (range, nan, inf, counts, nonzero)
+/// Accumulates X statistics over one matrix or over its row chunks.
+#[derive(Debug, Clone, Default)]
+struct MatrixStats {
+    lo: Option<f64>,
+    hi: Option<f64>,
+    nan: usize,
+    inf: usize,
+    all_counts: bool,
+    nonzero: usize,
+    seen: usize,
+}
+
+impl MatrixStats {
+    fn new() -> Self {
+        Self {
+            all_counts: true,
+            ..Self::default()
+        }
+    }
+
+    /// Adds values; `dense` counts non-zeros (sparse layouts know their stored count).
+    fn add(&mut self, data: &ArrayData, dense: bool) {
+        if let Some((lo, hi)) = data.finite_range() {
+            self.lo = Some(self.lo.map_or(lo, |x| x.min(lo)));
+            self.hi = Some(self.hi.map_or(hi, |x| x.max(hi)));
+        }
+        let (nan, inf) = data.count_non_finite();
+        self.nan += nan;
+        self.inf += inf;
+        self.all_counts &= data.looks_like_counts();
+        if dense {
+            self.nonzero += (0..data.len())
+                .filter(|&i| data.get_f64(i).is_some_and(|x| x != 0.0))
+                .count();
+        }
+        self.seen += data.len();
+    }
+
+    /// Builds the summary. For sparse layouts the implicit zeros count toward the range.
+    fn finish(
+        self,
+        encoding: &str,
+        dtype: &str,
+        shape: [usize; 2],
+        stored: usize,
+    ) -> MatrixSummary {
+        let cells = shape[0] as f64 * shape[1] as f64;
+        let sparse = encoding != "array";
+        let implicit_zeros = sparse && (stored as f64) < cells;
+        let (min, max) = match (self.lo, self.hi) {
+            (Some(lo), Some(hi)) if implicit_zeros => (Some(lo.min(0.0)), Some(hi.max(0.0))),
+            (Some(lo), Some(hi)) => (Some(lo), Some(hi)),
+            _ if implicit_zeros => (Some(0.0), Some(0.0)),
+            _ => (None, None),
+        };
+        let density = if cells <= 0.0 {
+            0.0
+        } else if sparse {
+            stored as f64 / cells
+        } else {
+            self.nonzero as f64 / cells
+        };
+        MatrixSummary {
+            encoding: encoding.to_string(),
+            dtype: dtype.to_string(),
+            shape: shape.to_vec(),
+            stored,
+            density,
+            min,
+            max,
+            nan: self.nan,
+            inf: self.inf,
+            looks_like_counts: self.all_counts && self.seen > 0,
+        }
+    }
 }
 
 fn summarize_matrix(el: &Element) -> Option<MatrixSummary> {
+    let mut stats = MatrixStats::new();
     match el {
         Element::Sparse(s) => {
-            let (range, nan, inf, counts, _) = data_stats(&s.data);
-            let cells = (s.shape[0] as f64) * (s.shape[1] as f64);
-            // Implicit zeros count toward the range.
-            let (min, max) = match range {
-                Some((lo, hi)) if s.nnz() as f64 >= cells => (lo, hi),
-                Some((lo, hi)) => (lo.min(0.0), hi.max(0.0)),
-                None => (0.0, 0.0),
-            };
-            Some(MatrixSummary {
-                encoding: el.encoding_type().to_string(),
-                dtype: s.data.dtype().to_string(),
-                shape: s.shape.to_vec(),
-                stored: s.nnz(),
-                density: if cells > 0.0 {
-                    s.nnz() as f64 / cells
-                } else {
-                    0.0
-                },
-                min: Some(min),
-                max: Some(max),
-                nan,
-                inf,
-                looks_like_counts: counts,
-            })
+            stats.add(&s.data, false);
+            Some(stats.finish(el.encoding_type(), s.data.dtype().name(), s.shape, s.nnz()))
         }
-        Element::Dense(d) => {
-            let (range, nan, inf, counts, nonzero) = data_stats(&d.data);
-            let n = d.data.len();
-            Some(MatrixSummary {
-                encoding: "array".into(),
-                dtype: d.data.dtype().to_string(),
-                shape: d.shape.clone(),
-                stored: n,
-                density: if n > 0 {
-                    nonzero as f64 / n as f64
-                } else {
-                    0.0
-                },
-                min: range.map(|r| r.0),
-                max: range.map(|r| r.1),
-                nan,
-                inf,
-                looks_like_counts: counts,
-            })
+        Element::Dense(d) if d.shape.len() == 2 => {
+            stats.add(&d.data, true);
+            let shape = [d.shape[0], d.shape[1]];
+            Some(stats.finish("array", d.data.dtype().name(), shape, d.data.len()))
         }
         _ => None,
     }
 }
+
+/// Streams X of `backed` in row chunks (bounded memory) and summarises it. Structural
+/// problems found on the way (indices out of bounds ...) are errors.
+fn summarize_backed(backed: &BackedH5ad) -> Result<Option<MatrixSummary>, H5adError> {
+    let encoding = match backed.layout_name() {
+        "absent" => return Ok(None),
+        "csr" => "csr_matrix",
+        "csc" => "csc_matrix",
+        _ => "array",
+    };
+    let mut stats = MatrixStats::new();
+    let mut stored = 0;
+    for item in backed.chunks(SUMMARY_CHUNK_ROWS) {
+        let (_, chunk) = item?;
+        match chunk {
+            RowChunk::Sparse(m) => {
+                stored += m.nnz();
+                stats.add(&m.data, false);
+            }
+            RowChunk::Dense(d) => {
+                stored += d.data.len();
+                stats.add(&d.data, true);
+            }
+        }
+    }
+    Ok(Some(stats.finish(
+        encoding,
+        backed.dtype().name(),
+        backed.shape(),
+        stored,
+    )))
+}
+
+const SUMMARY_CHUNK_ROWS: usize = 8192;
 
 fn columns(df: &crate::anndata::DataFrame) -> Vec<ColumnSummary> {
     df.columns
@@ -156,6 +224,30 @@ impl Summary {
             }),
             file_size_bytes,
         }
+    }
+
+    /// Summarises the file at `path` without ever holding X in memory: everything else is
+    /// read, X is streamed in row chunks. Returns the warnings found on the way.
+    pub fn of_file(path: &Path) -> Result<(Self, Vec<ReadWarning>), H5adError> {
+        let (adata, backed, warnings) = crate::io::read_h5ad_backed(path)?;
+        let size = std::fs::metadata(path).ok().map(|m| m.len());
+        Self::of_backed(&adata, &backed, warnings, size)
+    }
+
+    /// Summarises a dataset opened with [`crate::io::read_h5ad_backed`], streaming its X;
+    /// adds X's NaN/Inf warnings to `warnings`.
+    pub fn of_backed(
+        adata: &AnnData,
+        backed: &BackedH5ad,
+        mut warnings: Vec<ReadWarning>,
+        file_size_bytes: Option<u64>,
+    ) -> Result<(Self, Vec<ReadWarning>), H5adError> {
+        let mut summary = Self::of(adata, file_size_bytes);
+        summary.x = summarize_backed(backed)?;
+        if let Some(x) = &summary.x {
+            warnings.extend(crate::io::non_finite_warnings(x.nan, x.inf));
+        }
+        Ok((summary, warnings))
     }
 
     /// What X holds, in words a biologist can act on.

@@ -320,3 +320,25 @@ fn nan_in_x_is_reported_as_a_warning() {
         "{warnings:?}"
     );
 }
+
+/// The streaming summary (X read in row chunks) equals the in-memory one, for CSR, CSC,
+/// dense and legacy files.
+#[test]
+fn streamed_summary_equals_the_in_memory_summary() {
+    use cellforge_core::summary::Summary;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = all_real_files();
+    let a = read_h5ad(&shared_data().join("harmony_pbmc_stim.h5ad")).expect("read");
+    for fmt in [XFormat::Csc, XFormat::Dense] {
+        let out = dir.path().join(format!("{fmt:?}.h5ad"));
+        write_h5ad(&a, &out, &WriteOptions::with_x_format(fmt)).expect("write");
+        files.push(out);
+    }
+    for path in files {
+        let (full, _) = read_h5ad_with_warnings(&path).expect("read");
+        let size = std::fs::metadata(&path).ok().map(|m| m.len());
+        let expected = Summary::of(&full, size);
+        let (streamed, _) = Summary::of_file(&path).expect("streamed summary");
+        assert_eq!(streamed, expected, "{}", path.display());
+    }
+}

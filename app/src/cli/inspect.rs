@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cellforge_core::io::read_h5ad_with_warnings;
 use cellforge_core::summary::Summary;
 
 #[derive(Debug, clap::Args)]
@@ -16,10 +15,9 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    let (adata, warnings) = read_h5ad_with_warnings(&args.file)
+    // X is streamed in row chunks, so inspecting a file larger than memory works.
+    let (summary, warnings) = Summary::of_file(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let size = std::fs::metadata(&args.file).ok().map(|m| m.len());
-    let summary = Summary::of(&adata, size);
     if args.json {
         println!(
             "{}",

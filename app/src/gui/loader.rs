@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::mpsc;
 
-use cellforge_core::io::read_h5ad_with_warnings;
+use cellforge_core::io::read_h5ad_backed;
 use cellforge_core::summary::Summary;
 
 /// What a finished load delivers to the UI.
@@ -50,10 +50,12 @@ pub fn spawn_load(path: PathBuf, ctx: egui::Context) -> mpsc::Receiver<LoadResul
 const PREVIEW_ROWS: usize = 200;
 
 fn load(path: &std::path::Path) -> LoadResult {
-    match read_h5ad_with_warnings(path) {
-        Ok((adata, warnings)) => {
-            let size = std::fs::metadata(path).ok().map(|m| m.len());
-            let summary = Summary::of(&adata, size);
+    let opened = read_h5ad_backed(path).and_then(|(adata, backed, warnings)| {
+        let size = std::fs::metadata(path).ok().map(|m| m.len());
+        Summary::of_backed(&adata, &backed, warnings, size).map(|(s, w)| (adata, s, w))
+    });
+    match opened {
+        Ok((adata, summary, warnings)) => {
             let obs_columns: Vec<String> =
                 adata.obs.columns.iter().map(|(n, _)| n.clone()).collect();
             let rendered: Vec<Vec<String>> = adata

@@ -94,6 +94,16 @@ impl BackedH5ad {
     pub fn open_matrix(path: &Path, matrix: &str) -> Result<Self> {
         let file = super::open_read_only(path)?;
         let (obs, var) = super::read::read_obs_var(&file)?;
+        Self::with_frames(file, obs, var, matrix)
+    }
+
+    /// Backed access to `matrix` of an open file whose obs and var are already read.
+    pub(crate) fn with_frames(
+        file: hdf5::File,
+        obs: DataFrame,
+        var: DataFrame,
+        matrix: &str,
+    ) -> Result<Self> {
         let element = format!("/{matrix}");
         let root: &Group = &file;
         let mut backed = Self {
@@ -117,6 +127,18 @@ impl BackedH5ad {
         match root.loc_type_by_name(matrix).at(&element)? {
             LocationType::Dataset => {
                 let ds = root.dataset(matrix).at(&element)?;
+                if let Some(kind) = h5::attr_string(&ds, "encoding-type", &element)? {
+                    let version =
+                        h5::attr_string(&ds, "encoding-version", &element)?.unwrap_or_default();
+                    if kind != "array" {
+                        return Err(H5adError::UnknownEncoding {
+                            element,
+                            encoding_type: kind,
+                            version,
+                        });
+                    }
+                    super::read::check_version(&element, &kind, &version, &["0.2.0"])?;
+                }
                 let shape = ds.shape();
                 let Kind::Numeric(d) = h5::container_kind(&ds, &element)? else {
                     return Err(H5adError::invalid(&element, "X must hold numbers"));
@@ -130,11 +152,13 @@ impl BackedH5ad {
             }
             LocationType::Group => {
                 let g = root.group(matrix).at(&element)?;
-                let enc = h5::attr_string(&g, "encoding-type", &element)?.or(h5::attr_string(
-                    &g,
-                    "h5sparse_format",
-                    &element,
-                )?);
+                let enc = h5::attr_string(&g, "encoding-type", &element)?;
+                if let Some(kind) = &enc {
+                    let version =
+                        h5::attr_string(&g, "encoding-version", &element)?.unwrap_or_default();
+                    super::read::check_version(&element, kind, &version, &["0.1.0"])?;
+                }
+                let enc = enc.or(h5::attr_string(&g, "h5sparse_format", &element)?);
                 let format = match enc.as_deref() {
                     Some("csr_matrix" | "csr") => SparseFormat::Csr,
                     Some("csc_matrix" | "csc") => SparseFormat::Csc,

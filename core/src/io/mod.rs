@@ -15,7 +15,8 @@ mod write;
 pub use backed::{BackedH5ad, RowChunk};
 pub use error::{H5adError, Result};
 pub use h5::Compression;
-pub use read::{ReadWarning, read_h5ad, read_h5ad_with_warnings};
+pub use read::{ReadWarning, read_h5ad, read_h5ad_backed, read_h5ad_with_warnings};
+pub(crate) use validate::non_finite_warnings;
 pub use write::{WriteOptions, XFormat, write_h5ad};
 
 use std::io::Read;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use hdf5::{Dataset, Group, LocationType};
 
+use super::backed::BackedH5ad;
 use super::error::{H5Context, H5adError, Result};
 use super::h5::{self, Kind};
 use super::validate;
@@ -36,9 +37,30 @@ pub fn read_h5ad(path: &Path) -> Result<AnnData> {
 /// Like [`read_h5ad`], also returning the warnings found while validating.
 pub fn read_h5ad_with_warnings(path: &Path) -> Result<(AnnData, Vec<ReadWarning>)> {
     let file = super::open_read_only(path)?;
-    let adata = read_root(&file)?;
+    let adata = read_root(&file, true)?;
     let warnings = validate::validate(&adata)?;
     Ok((adata, warnings))
+}
+
+/// Reads everything but X into memory and opens X for chunked reads: what a view of a
+/// dataset larger than memory needs. The returned AnnData has `x: None`.
+pub fn read_h5ad_backed(path: &Path) -> Result<(AnnData, BackedH5ad, Vec<ReadWarning>)> {
+    let file = super::open_read_only(path)?;
+    let adata = read_root(&file, false)?;
+    let warnings = validate::validate(&adata)?;
+    let backed = BackedH5ad::with_frames(file, adata.obs.clone(), adata.var.clone(), "X")?;
+    if backed.layout_name() != "absent" && backed.shape() != [adata.n_obs(), adata.n_vars()] {
+        return Err(H5adError::shape(
+            "/X",
+            format!(
+                "is {} but must be {} x {} (cells x genes)",
+                crate::anndata::fmt_shape(&backed.shape()),
+                adata.n_obs(),
+                adata.n_vars()
+            ),
+        ));
+    }
+    Ok((adata, backed, warnings))
 }
 
 fn member_type(group: &Group, name: &str, element: &str) -> Result<LocationType> {
@@ -57,7 +79,8 @@ fn join(parent: &str, name: &str) -> String {
     }
 }
 
-pub(crate) fn read_root(file: &hdf5::File) -> Result<AnnData> {
+/// Reads the whole AnnData; X only when `load_x`.
+pub(crate) fn read_root(file: &hdf5::File, load_x: bool) -> Result<AnnData> {
     let root: &Group = file;
     if let Some(enc) = h5::attr_string(root, "encoding-type", "/")?
         && enc != "anndata"
@@ -78,7 +101,7 @@ pub(crate) fn read_root(file: &hdf5::File) -> Result<AnnData> {
         var,
         ..AnnData::default()
     };
-    if has_member(root, "X") {
+    if load_x && has_member(root, "X") {
         adata.x = Some(read_element(root, "X", "/X")?);
     }
     for (slot, name) in [
@@ -235,7 +258,12 @@ fn encoding(loc: &hdf5::Location, element: &str) -> Result<(Option<String>, Stri
     ))
 }
 
-fn check_version(element: &str, kind: &str, version: &str, known: &[&str]) -> Result<()> {
+pub(crate) fn check_version(
+    element: &str,
+    kind: &str,
+    version: &str,
+    known: &[&str],
+) -> Result<()> {
     if version.is_empty() || known.contains(&version) {
         Ok(())
     } else {

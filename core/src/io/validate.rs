@@ -75,6 +75,27 @@ fn check_first_dims(map: &Mapping, slot: &str, dims: &[usize], what: &str) -> Re
     Ok(())
 }
 
+/// The warnings for NaN and infinite values in X.
+pub(crate) fn non_finite_warnings(nan: usize, inf: usize) -> Vec<ReadWarning> {
+    let mut out = Vec::new();
+    if nan > 0 {
+        out.push(ReadWarning {
+            element: "/X".into(),
+            message: format!(
+                "{nan} NaN value(s) in X; models and statistics treat them as missing data \
+                 and most will fail: fix the upstream step that produced them"
+            ),
+        });
+    }
+    if inf > 0 {
+        out.push(ReadWarning {
+            element: "/X".into(),
+            message: format!("{inf} infinite value(s) (Inf) in X"),
+        });
+    }
+    out
+}
+
 /// Validates the structure; returns warnings for suspicious content.
 pub(crate) fn validate(a: &AnnData) -> Result<Vec<ReadWarning>> {
     let (n_obs, n_vars) = (a.n_obs(), a.n_vars());
@@ -88,21 +109,7 @@ pub(crate) fn validate(a: &AnnData) -> Result<Vec<ReadWarning>> {
         };
         if let Some(data) = data {
             let (nan, inf) = data.count_non_finite();
-            if nan > 0 {
-                warnings.push(ReadWarning {
-                    element: "/X".into(),
-                    message: format!(
-                        "{nan} NaN value(s) in X; models and statistics treat them as missing \
-                         data and most will fail: fix the upstream step that produced them"
-                    ),
-                });
-            }
-            if inf > 0 {
-                warnings.push(ReadWarning {
-                    element: "/X".into(),
-                    message: format!("{inf} infinite value(s) (Inf) in X"),
-                });
-            }
+            warnings.extend(non_finite_warnings(nan, inf));
         }
     }
     for (name, layer) in &a.layers {
