@@ -292,16 +292,7 @@ pub(crate) fn write_element(
             let v_el = format!("{element}/values");
             let ds = h5::write_strings(&g, "values", values, &[values.len()], c, &v_el)?;
             h5::set_encoding(&ds, "string-array", "0.2.0", &v_el)?;
-            let m_el = format!("{element}/mask");
-            let ds = h5::write_numeric(
-                &g,
-                "mask",
-                &ArrayData::Bool(mask.clone()),
-                &[mask.len()],
-                c,
-                &m_el,
-            )?;
-            h5::set_encoding(&ds, "array", "0.2.0", &m_el)
+            write_mask(&g, mask, c, element)
         }
         Element::Null => write_null(parent, name, element),
         Element::Opaque(o) => {
@@ -336,15 +327,14 @@ fn write_nullable(
     let v_el = format!("{element}/values");
     let ds = h5::write_numeric(&g, "values", values, &[values.len()], c, &v_el)?;
     h5::set_encoding(&ds, "array", "0.2.0", &v_el)?;
+    write_mask(&g, mask, c, element)
+}
+
+/// The `mask` member of a nullable element (true = missing).
+fn write_mask(g: &Group, mask: &[bool], c: Compression, element: &str) -> Result<()> {
     let m_el = format!("{element}/mask");
-    let ds = h5::write_numeric(
-        &g,
-        "mask",
-        &ArrayData::Bool(mask.to_vec()),
-        &[mask.len()],
-        c,
-        &m_el,
-    )?;
+    let data = ArrayData::Bool(mask.to_vec());
+    let ds = h5::write_numeric(g, "mask", &data, &[mask.len()], c, &m_el)?;
     h5::set_encoding(&ds, "array", "0.2.0", &m_el)
 }
 
