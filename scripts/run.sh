@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
+# Debian's python3 needs python3-venv for `python3 -m venv` (used below for CMake).
+if ! python3 -c "import ensurepip" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+  && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+fi
+
 # The static HDF5 build needs CMake >= 3.26 (Debian 12 ships 3.25): take it from PyPI.
 if ! command -v cmake >/dev/null 2>&1 || ! cmake --version | awk 'NR==1{split($3,v,"."); exit !(v[1]>3 || (v[1]==3 && v[2]>=26))}'; then
   [ -x .venv/bin/cmake ] || { python3 -m venv .venv && .venv/bin/pip install -q "cmake>=3.26"; }

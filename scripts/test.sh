@@ -12,6 +12,8 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   for p in pkg-config mesa-vulkan-drivers xvfb; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
+  # Debian's python3 needs python3-venv for `python3 -m venv`.
+  python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
   if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
