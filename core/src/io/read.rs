@@ -363,8 +363,8 @@ fn read_group_element(g: &Group, element: &str) -> Result<Element> {
                 na_value,
             })
         }
-        Some("raw") | Some("anndata") | Some("awkward-array") => Ok(opaque(g, element, enc, None)),
-        Some(other) => Ok(opaque(g, element, Some(other.to_string()), None)),
+        // raw (nested), anndata (nested), awkward-array and anything newer: kept verbatim.
+        Some(other) => Ok(opaque(g, other, None)),
         None => {
             if h5::attr_exists(g, "h5sparse_format") {
                 let fmt = h5::attr_string(g, "h5sparse_format", element)?.unwrap_or_default();
@@ -395,14 +395,9 @@ fn read_group_element(g: &Group, element: &str) -> Result<Element> {
     }
 }
 
-fn opaque(
-    loc: &hdf5::Location,
-    _element: &str,
-    kind: Option<String>,
-    len: Option<usize>,
-) -> Element {
+fn opaque(loc: &hdf5::Location, kind: &str, len: Option<usize>) -> Element {
     Element::Opaque(Opaque {
-        kind: kind.unwrap_or_else(|| "unknown".into()),
+        kind: kind.to_string(),
         len,
         add_attrs: Vec::new(),
         source: loc.clone(),
@@ -516,24 +511,15 @@ fn read_dataset_element(ds: &Dataset, element: &str) -> Result<Element> {
             ))
         }
         Some("null") => Ok(Element::Null),
-        Some("rec-array") => Ok(opaque(
-            ds,
-            element,
-            Some("rec-array".into()),
-            shape.first().copied(),
-        )),
-        Some(other) => Ok(opaque(
-            ds,
-            element,
-            Some(other.to_string()),
-            shape.first().copied(),
-        )),
+        // rec-array and anything newer: kept verbatim.
+        Some(other) => Ok(opaque(ds, other, shape.first().copied())),
         None => read_legacy_dataset(ds, kind, shape, element),
     }
 }
 
 fn dense(ds: &Dataset, dtype: Dtype, shape: Vec<usize>, element: &str) -> Result<DenseArray> {
-    if ds.is_empty_dataspace() {
+    // h5py's Empty(): a null dataspace holds no values.
+    if ds.space().is_ok_and(|s| s.is_null()) {
         return Ok(DenseArray {
             shape: vec![0],
             data: ArrayData::with_capacity(dtype, 0),
@@ -542,16 +528,6 @@ fn dense(ds: &Dataset, dtype: Dtype, shape: Vec<usize>, element: &str) -> Result
     let data = h5::read_dataset_numeric(ds, dtype, element)?;
     DenseArray::new(shape, data)
         .ok_or_else(|| H5adError::shape(element, "number of values does not match the shape"))
-}
-
-trait EmptySpace {
-    fn is_empty_dataspace(&self) -> bool;
-}
-
-impl EmptySpace for Dataset {
-    fn is_empty_dataspace(&self) -> bool {
-        self.space().map(|s| s.is_null()).unwrap_or(false)
-    }
 }
 
 /// Datasets without encoding attributes, read as anndata's legacy `read_dataset` does.
@@ -592,12 +568,7 @@ fn read_legacy_dataset(
             }
         }
         Kind::Compound(_) => {
-            let mut el = opaque(
-                ds,
-                element,
-                Some("rec-array".into()),
-                shape.first().copied(),
-            );
+            let mut el = opaque(ds, "rec-array", shape.first().copied());
             if let Element::Opaque(o) = &mut el {
                 o.add_attrs = vec![
                     ("encoding-type".into(), "rec-array".into()),
