@@ -3,10 +3,21 @@
 //! - [`anndata`]: the in-memory AnnData object.
 //! - [`io`]: h5ad reading (including legacy layouts), atomic writing, backed chunked reads.
 //! - [`summary`]: what a file holds, in words (the `inspect` command and the data panel).
+//! - [`vocab`]: scGPT gene vocabularies and gene matching.
+//! - [`checkpoint`]: a PyTorch `.pt` reader that never executes the pickle.
+//! - [`model`]: the scGPT model family in burn, model folders (scGPT and native).
+//! - [`device`]: CUDA -> wgpu -> CPU selection with reasons.
+//! - [`tl`]: tools on top of the model (`tl::embed`: cell embeddings).
 
 pub mod anndata;
+pub mod checkpoint;
+pub mod device;
 pub mod fmt;
 pub mod io;
+pub mod model;
 pub mod summary;
+pub mod tl;
+pub mod tokenize;
+pub mod vocab;
 
 pub use anndata::AnnData;

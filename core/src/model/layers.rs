@@ -1,0 +1,347 @@
+//! Building blocks of the scGPT family, written against burn's tensor API.
+//!
+//! Weights are stored in burn's layout (`Linear` weight `[in, out]`); the loader transposes
+//! PyTorch's `[out, in]` once at load time, so every forward matmul runs without a transpose.
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{leaky_relu, relu, sigmoid};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::{attention, embedding};
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Int, Tensor};
+
+/// LayerNorm epsilon used by every LayerNorm in scGPT (PyTorch default).
+pub const LN_EPS: f64 = 1e-5;
+/// BatchNorm epsilon used by scGPT's DSBN and plain BN.
+pub const BN_EPS: f64 = 6.1e-5;
+/// LeakyReLU slope (PyTorch default).
+pub const LEAKY_SLOPE: f64 = 0.01;
+
+/// `y = x W + b` with `W` stored `[in, out]`.
+#[derive(Module, Debug)]
+pub struct Lin<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Lin<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+    pub fn d_in(&self) -> usize {
+        self.weight.dims()[0]
+    }
+    pub fn d_out(&self) -> usize {
+        self.weight.dims()[1]
+    }
+}
+
+/// LayerNorm over the last dimension with affine parameters.
+#[derive(Module, Debug)]
+pub struct Norm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> Norm<B> {
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = (x - mean).div((var + LN_EPS).sqrt());
+        x * unsqueeze_to::<B, D>(self.weight.val()) + unsqueeze_to::<B, D>(self.bias.val())
+    }
+}
+
+/// A 1-D parameter broadcast over the leading dimensions of a rank-`D` tensor.
+pub fn unsqueeze_to<B: Backend, const D: usize>(v: Tensor<B, 1>) -> Tensor<B, D> {
+    v.unsqueeze::<D>()
+}
+
+/// Token embedding table `[n, d]`.
+#[derive(Module, Debug)]
+pub struct Emb<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Emb<B> {
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        embedding(self.weight.val(), ids)
+    }
+    /// Rows for a 1-D id tensor: `[n] -> [n, d]`.
+    pub fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        self.weight.val().select(0, ids)
+    }
+}
+
+/// `LayerNorm(Embedding(ids))`: scGPT's GeneEncoder, CategoryValueEncoder and
+/// BatchLabelEncoder share this shape.
+#[derive(Module, Debug)]
+pub struct EmbNorm<B: Backend> {
+    pub embedding: Emb<B>,
+    pub norm: Norm<B>,
+}
+
+impl<B: Backend> EmbNorm<B> {
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.norm.forward(self.embedding.forward(ids))
+    }
+    pub fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
+        self.norm.forward(self.embedding.rows(ids))
+    }
+}
+
+/// BatchNorm1d over the channel (last) dimension of `[B, L, d]`, in evaluation mode
+/// (running statistics). `weight`/`bias` are absent for scGPT's non-affine DSBN.
+#[derive(Module, Debug)]
+pub struct BatchNorm<B: Backend> {
+    pub running_mean: Param<Tensor<B, 1>>,
+    pub running_var: Param<Tensor<B, 1>>,
+    pub weight: Option<Param<Tensor<B, 1>>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> BatchNorm<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let mean = unsqueeze_to::<B, 3>(self.running_mean.val());
+        let std = unsqueeze_to::<B, 3>((self.running_var.val() + BN_EPS).sqrt());
+        let mut y = (x - mean) / std;
+        if let Some(w) = &self.weight {
+            y = y * unsqueeze_to::<B, 3>(w.val());
+        }
+        if let Some(b) = &self.bias {
+            y = y + unsqueeze_to::<B, 3>(b.val());
+        }
+        y
+    }
+}
+
+/// Multi-head self-attention with a packed `[Q; K; V]` projection (flash-attn's `Wqkv`,
+/// PyTorch's `in_proj`, identical layout) and an output projection.
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    pub wqkv: Lin<B>,
+    pub out_proj: Lin<B>,
+    pub nhead: usize,
+}
+
+/// Query/key/value heads `[B, H, L, hd]`.
+pub struct Qkv<B: Backend> {
+    pub q: Tensor<B, 4>,
+    pub k: Tensor<B, 4>,
+    pub v: Tensor<B, 4>,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    pub fn qkv(&self, x: Tensor<B, 3>) -> Qkv<B> {
+        let [b, l, d] = x.dims();
+        let h = self.nhead;
+        let hd = d / h;
+        // [B, L, 3d] -> [B, L, 3, H, hd] -> [3, B, H, L, hd]
+        let packed = self
+            .wqkv
+            .forward(x)
+            .reshape([b, l, 3, h, hd])
+            .permute([2, 0, 3, 1, 4]);
+        let mut parts = packed.chunk(3, 0).into_iter();
+        let mut next = || {
+            parts
+                .next()
+                .map(|t| t.squeeze_dim::<4>(0))
+                .unwrap_or_else(|| Tensor::zeros([b, h, l, hd], &self.wqkv.weight.device()))
+        };
+        let q = next();
+        let k = next();
+        let v = next();
+        Qkv { q, k, v }
+    }
+
+    /// Merge heads `[B, H, L, hd] -> [B, L, d]`.
+    pub fn merge(ctx: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [b, h, l, hd] = ctx.dims();
+        ctx.swap_dims(1, 2).reshape([b, l, h * hd])
+    }
+
+    /// Self-attention where keys flagged in `key_padding` (`[B, L]`, true = padding) are
+    /// excluded. Returns the projected context `[B, L, d]`.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        key_padding: Option<&Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        let [_, l, _] = x.dims();
+        let Qkv { q, k, v } = self.qkv(x);
+        let mask = key_padding.map(|m| key_mask(m, l));
+        let ctx = attention(q, k, v, mask, None, AttentionModuleOptions::default());
+        self.out_proj.forward(Self::merge(ctx))
+    }
+}
+
+/// Expand a `[B, Lk]` key-padding mask to the `[B, 1, Lq, Lk]` boolean attention mask
+/// (true = masked out).
+pub fn key_mask<B: Backend>(key_padding: &Tensor<B, 2, Bool>, lq: usize) -> Tensor<B, 4, Bool> {
+    let [b, lk] = key_padding.dims();
+    key_padding
+        .clone()
+        .reshape([b, 1, 1, lk])
+        .expand([b, 1, lq, lk])
+}
+
+/// One scGPT transformer layer (flash layer / `nn.TransformerEncoderLayer`): ReLU FFN,
+/// LayerNorm eps 1e-5, post-norm by default; `pre_norm` follows the flash layer's
+/// "pre" scheme (the normalised tensor replaces the residual stream).
+#[derive(Module, Debug)]
+pub struct EncoderLayer<B: Backend> {
+    pub self_attn: SelfAttention<B>,
+    pub linear1: Lin<B>,
+    pub linear2: Lin<B>,
+    pub norm1: Norm<B>,
+    pub norm2: Norm<B>,
+    pub pre_norm: bool,
+}
+
+impl<B: Backend> EncoderLayer<B> {
+    pub fn ffn(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.linear2.forward(relu(self.linear1.forward(x)))
+    }
+
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        key_padding: Option<&Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 3> {
+        if self.pre_norm {
+            let x = self.norm1.forward(x);
+            let x = x.clone() + self.self_attn.forward(x, key_padding);
+            let x = self.norm2.forward(x);
+            x.clone() + self.ffn(x)
+        } else {
+            let a = self.self_attn.forward(x.clone(), key_padding);
+            let x = self.norm1.forward(x + a);
+            let f = self.ffn(x.clone());
+            self.norm2.forward(x + f)
+        }
+    }
+
+    /// The generative ("pcpt/gen") layer of scGPT's pretraining branch: pcpt queries
+    /// attend to pcpt keys (with `out_proj`); each gen query attends to all pcpt keys and
+    /// its own key only, and its context skips `out_proj` (as the public code does). The
+    /// residual/FFN/norm structure is applied to each stream with the shared weights.
+    pub fn forward_generative(
+        &self,
+        pcpt: Tensor<B, 3>,
+        gen_x: Tensor<B, 3>,
+        pcpt_padding: &Tensor<B, 2, Bool>,
+        gen_padding: &Tensor<B, 2, Bool>,
+    ) -> (Tensor<B, 3>, Tensor<B, 3>) {
+        let post = |x: Tensor<B, 3>, a: Tensor<B, 3>| {
+            if self.pre_norm {
+                let x = x + a;
+                let x = self.norm2.forward(x);
+                x.clone() + self.ffn(x)
+            } else {
+                let x = self.norm1.forward(x + a);
+                let f = self.ffn(x.clone());
+                self.norm2.forward(x + f)
+            }
+        };
+        let (pcpt_in, gen_in) = if self.pre_norm {
+            (
+                self.norm1.forward(pcpt.clone()),
+                self.norm1.forward(gen_x.clone()),
+            )
+        } else {
+            (pcpt.clone(), gen_x.clone())
+        };
+        let [_, lp, _] = pcpt_in.dims();
+        let [b, lg, _] = gen_in.dims();
+        let p = self.self_attn.qkv(pcpt_in.clone());
+        let g = self.self_attn.qkv(gen_in.clone());
+        let device = pcpt.device();
+        // pcpt -> pcpt
+        let pctx = attention(
+            p.q,
+            p.k.clone(),
+            p.v.clone(),
+            Some(key_mask(pcpt_padding, lp)),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        let pa = self.self_attn.out_proj.forward(SelfAttention::merge(pctx));
+        // gen -> [pcpt ; own key]
+        let keys = Tensor::cat(vec![p.k, g.k], 2);
+        let vals = Tensor::cat(vec![p.v, g.v], 2);
+        let pmask = key_mask(pcpt_padding, lg);
+        let eye = Tensor::<B, 2, Int>::eye(lg, &device).equal_elem(0);
+        let gmask = eye
+            .reshape([1, 1, lg, lg])
+            .expand([b, 1, lg, lg])
+            .bool_or(key_mask(gen_padding, lg));
+        let mask = Tensor::cat(vec![pmask, gmask], 3);
+        let gctx = attention(
+            g.q,
+            keys,
+            vals,
+            Some(mask),
+            None,
+            AttentionModuleOptions::default(),
+        );
+        let ga = SelfAttention::merge(gctx);
+        let (pres, gres) = if self.pre_norm {
+            (pcpt_in, gen_in)
+        } else {
+            (pcpt, gen_x)
+        };
+        (post(pres, pa), post(gres, ga))
+    }
+}
+
+/// scGPT's ExprDecoder MLP: `Linear -> LeakyReLU -> Linear -> LeakyReLU -> Linear(., 1)`.
+#[derive(Module, Debug)]
+pub struct Mlp3<B: Backend> {
+    pub fc0: Lin<B>,
+    pub fc2: Lin<B>,
+    pub fc4: Lin<B>,
+}
+
+impl<B: Backend> Mlp3<B> {
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 2> {
+        let h = leaky_relu(self.fc0.forward(x), LEAKY_SLOPE);
+        let h = leaky_relu(self.fc2.forward(h), LEAKY_SLOPE);
+        self.fc4.forward(h).squeeze_dim::<2>(2)
+    }
+}
+
+/// One hidden block of a [`HeadMlp`].
+#[derive(Module, Debug)]
+pub struct HeadBlock<B: Backend> {
+    pub lin: Lin<B>,
+    pub norm: Norm<B>,
+}
+
+/// Classifier / discriminator head: `[Linear, act, LayerNorm] x (n-1)` then `out_layer`.
+#[derive(Module, Debug)]
+pub struct HeadMlp<B: Backend> {
+    pub hidden: Vec<HeadBlock<B>>,
+    pub out_layer: Lin<B>,
+    /// LeakyReLU (discriminator) instead of ReLU (classifier).
+    pub leaky: bool,
+}
+
+impl<B: Backend> HeadMlp<B> {
+    pub fn forward(&self, mut x: Tensor<B, 2>) -> Tensor<B, 2> {
+        for block in &self.hidden {
+            let h = block.lin.forward(x);
+            let h = if self.leaky {
+                leaky_relu(h, LEAKY_SLOPE)
+            } else {
+                relu(h)
+            };
+            x = block.norm.forward(h);
+        }
+        self.out_layer.forward(x)
+    }
+}
+
+/// Sigmoid helper kept here so decoders read uniformly.
+pub fn sig<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    sigmoid(x)
+}

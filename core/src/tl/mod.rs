@@ -1,0 +1,3 @@
+//! Tools built on the model.
+
+pub mod embed;
