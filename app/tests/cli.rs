@@ -185,3 +185,116 @@ fn broken_files_get_clear_errors_and_never_panic() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+fn scgpt_fixtures() -> PathBuf {
+    repo_root().join("tests/fixtures/scgpt")
+}
+
+fn embed(input: &Path, model: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "embed".as_ref(),
+        input.as_os_str(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--output".as_ref(),
+        output.as_os_str(),
+    ];
+    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(*s)));
+    cellforge(&args)
+}
+
+/// `cellforge embed` end to end on CPU: the output opens in Python anndata, and every
+/// cell's embedding equals scGPT's `embed_data` (cosine >= 0.99999); the input is untouched.
+#[test]
+fn embed_matches_scgpt_and_reads_in_anndata() {
+    let input = scgpt_fixtures().join("embed/data.h5ad");
+    let before = std::fs::read(&input).expect("read input");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("embedded.h5ad");
+    let o = embed(
+        &input,
+        &scgpt_fixtures().join("embed_flash"),
+        &out,
+        &["--device", "cpu", "--batch-size", "7"],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("matched 1,425/1,500 genes"), "{t}");
+    assert!(t.contains("embedded 96 cells"), "{t}");
+    assert_eq!(
+        std::fs::read(&input).expect("read input"),
+        before,
+        "input modified"
+    );
+    let gold = scgpt_fixtures().join("embed/expected.safetensors");
+    let check = cellforge_e2e::run_script(
+        "check_embed.py",
+        &[
+            out.as_os_str(),
+            gold.as_os_str(),
+            "X_scGPT".as_ref(),
+            "0.99999".as_ref(),
+        ],
+    );
+    assert!(check.status.success(), "{}", text(&check));
+}
+
+/// Bad requests get one clear line each, never a panic.
+#[test]
+fn embed_refuses_bad_models_and_options() {
+    let input = scgpt_fixtures().join("embed/data.h5ad");
+    let model = scgpt_fixtures().join("embed_flash");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("o.h5ad");
+    let cases: Vec<(Output, &str)> = vec![
+        (
+            embed(
+                &input,
+                &scgpt_fixtures().join("bad/pickle_system"),
+                &out,
+                &["--device", "cpu"],
+            ),
+            "posix",
+        ),
+        (
+            embed(
+                &input,
+                &scgpt_fixtures().join("bad/missing_attention"),
+                &out,
+                &["--device", "cpu"],
+            ),
+            "self_attn.Wqkv.weight",
+        ),
+        (
+            embed(&input, dir.path(), &out, &["--device", "cpu"]),
+            "not a model folder",
+        ),
+        (
+            embed(
+                &input,
+                &model,
+                &out,
+                &["--device", "cpu", "--gene-col", "feature_name"],
+            ),
+            "no column \"feature_name\"",
+        ),
+        (
+            embed(&input, &model, &input, &["--device", "cpu"]),
+            "never overwrites its input",
+        ),
+        (
+            embed(&input, &model, &out, &["--device", "tpu"]),
+            "unknown device",
+        ),
+    ];
+    for (o, needle) in cases {
+        let t = text(&o);
+        assert!(
+            !o.status.success(),
+            "expected a failure mentioning {needle}: {t}"
+        );
+        assert!(t.contains(needle), "expected {needle:?} in: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+    }
+    assert!(!out.exists(), "no output is written on failure");
+}

@@ -68,7 +68,10 @@ pub struct DeviceChoice {
 
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} on {} ({})", self.backend, self.name, self.reason)
+        match self.backend {
+            BackendKind::Cpu => write!(f, "{} ({})", self.name, self.reason),
+            _ => write!(f, "{} on {} ({})", self.backend, self.name, self.reason),
+        }
     }
 }
 
@@ -101,7 +104,10 @@ pub fn probe_cuda() -> Result<CudaGpu, String> {
 
 /// Look for a wgpu adapter; `Ok((name, is_software))`.
 pub fn probe_wgpu() -> Result<(String, bool), String> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    // Vulkan, Metal, DX12: the backends burn's wgpu runtime computes on (GL is not one).
+    desc.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(desc);
     let adapter = block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
         power_preference: wgpu::PowerPreference::HighPerformance,
         force_fallback_adapter: false,

@@ -464,3 +464,38 @@ fn native_format_round_trips() {
     let b = host(reloaded.forward(&batch, heads).unwrap().cls_output.unwrap());
     assert_eq!(a, b, "a saved and reloaded model computes the same");
 }
+
+type Gpu = burn::backend::Wgpu;
+
+/// wgpu needs an adapter: lavapipe (Debian `mesa-vulkan-drivers`) in CI, a real GPU
+/// elsewhere. Without one the test says so and passes, except under CI, where set-up
+/// installs lavapipe and its absence is a failure.
+fn wgpu_available() -> bool {
+    match cellforge_core::device::probe_wgpu() {
+        Ok((name, _)) => {
+            eprintln!("wgpu adapter: {name}");
+            true
+        }
+        Err(e) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must provide a wgpu adapter: {e}"
+            );
+            eprintln!("skipping the wgpu parity test: {e}");
+            false
+        }
+    }
+}
+
+#[test]
+fn wgpu_forward_and_embed_match_scgpt() {
+    if !wgpu_available() {
+        return;
+    }
+    let dev = burn::backend::wgpu::WgpuDevice::default();
+    for case in CASES {
+        run_case::<Gpu>(case, &dev, 1e-3);
+    }
+    run_generative::<Gpu>(&dev, 1e-3);
+    run_embed::<Gpu>(&dev, 0.9999);
+}

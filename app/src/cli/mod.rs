@@ -1,6 +1,7 @@
 //! The command-line interface: one subcommand per engine capability.
 
 mod convert;
+mod embed;
 mod inspect;
 
 use std::path::PathBuf;
@@ -26,11 +27,14 @@ pub enum Command {
     Inspect(inspect::Args),
     /// Rewrite an .h5ad file in current encodings, keeping every field.
     Convert(convert::Args),
+    /// Embed cells with an scGPT model (CUDA, wgpu or CPU) into obsm["X_scGPT"].
+    Embed(embed::Args),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Inspect(a) => inspect::run(&a),
         Command::Convert(a) => convert::run(&a),
+        Command::Embed(a) => embed::run(&a),
     }
 }

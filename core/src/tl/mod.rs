@@ -1,3 +1,4 @@
 //! Tools built on the model.
 
 pub mod embed;
+pub mod embed_job;
