@@ -38,6 +38,43 @@ impl std::str::FromStr for DeviceRequest {
     }
 }
 
+/// Floating-point precision of the model on the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// fp16 on CUDA (as scGPT runs under autocast), fp32 elsewhere.
+    Auto,
+    F32,
+    /// Half precision (GPU backends only; the CPU backend always computes in fp32).
+    F16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" | "fp32" | "float32" => Ok(Self::F32),
+            "f16" | "fp16" | "half" | "float16" => Ok(Self::F16),
+            other => Err(format!(
+                "unknown precision \"{other}\" (use auto, f32 or f16)"
+            )),
+        }
+    }
+}
+
+impl Precision {
+    /// Whether a backend computes in half precision for this request.
+    pub fn half_on(self, backend: BackendKind) -> bool {
+        match (self, backend) {
+            (_, BackendKind::Cpu) => false,
+            (Precision::F16, _) => true,
+            (Precision::Auto, BackendKind::Cuda) => true,
+            _ => false,
+        }
+    }
+}
+
 /// The backend a job will run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,13 +101,20 @@ pub struct DeviceChoice {
     /// e.g. "NVIDIA H200 (139.8 GiB)", "llvmpipe (software)", "CPU (16 threads)".
     pub name: String,
     pub reason: String,
+    /// Computes in half precision.
+    pub half: bool,
 }
 
 impl fmt::Display for DeviceChoice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let precision = if self.half { "fp16" } else { "fp32" };
         match self.backend {
-            BackendKind::Cpu => write!(f, "{} ({})", self.name, self.reason),
-            _ => write!(f, "{} on {} ({})", self.backend, self.name, self.reason),
+            BackendKind::Cpu => write!(f, "{}, {precision} ({})", self.name, self.reason),
+            _ => write!(
+                f,
+                "{} on {}, {precision} ({})",
+                self.backend, self.name, self.reason
+            ),
         }
     }
 }
@@ -141,6 +185,20 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     }
 }
 
+/// Whether the default wgpu adapter can run half-precision shaders.
+pub fn wgpu_supports_f16() -> bool {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::PRIMARY;
+    let instance = wgpu::Instance::new(desc);
+    block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+    }))
+    .map(|a| a.features().contains(wgpu::Features::SHADER_F16))
+    .unwrap_or(false)
+}
+
 /// Number of CPU threads the CPU backend will use.
 pub fn cpu_threads() -> usize {
     std::thread::available_parallelism()
@@ -158,6 +216,7 @@ pub fn choose(request: DeviceRequest) -> Result<DeviceChoice, String> {
         backend: BackendKind::Cpu,
         name: format!("CPU ({} threads)", cpu_threads()),
         reason,
+        half: false,
     };
     match request {
         DeviceRequest::Cpu => Ok(cpu("requested".into())),
@@ -167,6 +226,7 @@ pub fn choose(request: DeviceRequest) -> Result<DeviceChoice, String> {
                 backend: BackendKind::Cuda,
                 name: format!("{} ({})", gpu.name, gib(gpu.total_bytes)),
                 reason: "requested".into(),
+                half: false,
             })
         }
         DeviceRequest::Wgpu => {
@@ -179,6 +239,7 @@ pub fn choose(request: DeviceRequest) -> Result<DeviceChoice, String> {
                 } else {
                     "requested".into()
                 },
+                half: false,
             })
         }
         DeviceRequest::Auto => {
@@ -188,6 +249,7 @@ pub fn choose(request: DeviceRequest) -> Result<DeviceChoice, String> {
                         backend: BackendKind::Cuda,
                         name: format!("{} ({})", gpu.name, gib(gpu.total_bytes)),
                         reason: "CUDA GPU found".into(),
+                        half: false,
                     });
                 }
                 Err(e) => e,
@@ -197,6 +259,7 @@ pub fn choose(request: DeviceRequest) -> Result<DeviceChoice, String> {
                     backend: BackendKind::Wgpu,
                     name,
                     reason: format!("{cuda_reason}; using the GPU through wgpu"),
+                    half: false,
                 }),
                 Ok((name, true)) => Ok(cpu(format!(
                     "{cuda_reason}; the only wgpu adapter is software ({name})"

@@ -499,3 +499,18 @@ fn wgpu_forward_and_embed_match_scgpt() {
     run_generative::<Gpu>(&dev, 1e-3);
     run_embed::<Gpu>(&dev, 0.9999);
 }
+
+/// Half precision on the GPU backend: the embedding stays within cosine 0.999 of scGPT's
+/// fp32 output (the reference itself runs under fp16 autocast on GPU).
+#[test]
+fn wgpu_half_precision_embed_within_tolerance() {
+    if !wgpu_available() {
+        return;
+    }
+    let dev = burn::backend::wgpu::WgpuDevice::default();
+    if !cellforge_core::device::wgpu_supports_f16() {
+        eprintln!("skipping: the wgpu adapter has no shader-f16");
+        return;
+    }
+    run_embed::<burn::backend::Wgpu<half::f16>>(&dev, 0.999);
+}

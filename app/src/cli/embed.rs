@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cellforge_core::device::DeviceRequest;
+use cellforge_core::device::{DeviceRequest, Precision};
 use cellforge_core::tl::embed::EmbedOptions;
 use cellforge_core::tl::embed_job::{EmbedEvent, EmbedRequest, GeneColumn, run_embed};
 
@@ -31,6 +31,9 @@ pub struct Args {
     /// auto (CUDA, then a hardware GPU through wgpu, then CPU), cuda, wgpu or cpu.
     #[arg(long, default_value = "auto")]
     pub device: String,
+    /// auto (fp16 on CUDA, as scGPT runs; fp32 elsewhere), f32 or f16 (GPU backends).
+    #[arg(long, default_value = "auto")]
+    pub precision: String,
     /// Seed for tie-breaking in binning and gene subsampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -41,6 +44,7 @@ pub struct Args {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let device: DeviceRequest = args.device.parse().map_err(anyhow::Error::msg)?;
+    let precision: Precision = args.precision.parse().map_err(anyhow::Error::msg)?;
     let req = EmbedRequest {
         input: args.input.clone(),
         model_dir: args.model.clone(),
@@ -51,6 +55,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             GeneColumn::Column(args.gene_col.clone())
         },
         device,
+        precision,
         key_added: args.key_added.clone(),
         options: EmbedOptions {
             max_length: args.max_length.max(2),

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::anndata::{ArrayData, DenseArray, Element, Mapping};
-use crate::device::{BackendKind, DeviceChoice, DeviceRequest};
+use crate::device::{BackendKind, DeviceChoice, DeviceRequest, Precision};
 use crate::io::{BackedH5ad, WriteOptions, read_h5ad_with_warnings, write_h5ad};
 use crate::model::{LoadReport, ModelFiles};
 use crate::vocab::GeneMatch;
@@ -33,6 +33,7 @@ pub struct EmbedRequest {
     pub output: PathBuf,
     pub gene_col: GeneColumn,
     pub device: DeviceRequest,
+    pub precision: Precision,
     pub key_added: String,
     pub options: EmbedOptions,
 }
@@ -299,6 +300,17 @@ fn run_on<B: Backend>(
     );
     prov.insert("device".into(), Element::String(choice.to_string()));
     prov.insert("seed".into(), scalar_i64(req.options.seed as i64));
+    prov.insert(
+        "precision".into(),
+        Element::String(
+            if choice.name.ends_with("fp16") {
+                "fp16"
+            } else {
+                "fp32"
+            }
+            .into(),
+        ),
+    );
     prov.insert(
         "max_length".into(),
         scalar_i64(req.options.max_length as i64),
