@@ -25,8 +25,20 @@ pub struct Lin<B: Backend> {
 }
 
 impl<B: Backend> Lin<B> {
+    /// `[..., in] -> [..., out]`, as one 2-D matrix product over all leading positions
+    /// (one large GEMM instead of a batch of small ones).
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        burn::tensor::module::linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+        let dims = x.dims();
+        let d_in = dims[D - 1];
+        let rows: usize = dims[..D - 1].iter().product();
+        let y = burn::tensor::module::linear(
+            x.reshape([rows, d_in]),
+            self.weight.val(),
+            self.bias.as_ref().map(|b| b.val()),
+        );
+        let mut out = dims;
+        out[D - 1] = self.d_out();
+        y.reshape(out)
     }
     pub fn d_in(&self) -> usize {
         self.weight.dims()[0]
@@ -169,8 +181,13 @@ impl<B: Backend> SelfAttention<B> {
     ) -> Tensor<B, 3> {
         let [_, l, _] = x.dims();
         let Qkv { q, k, v } = self.qkv(x);
-        let mask = key_padding.map(|m| key_mask(m, l));
-        let ctx = attention(q, k, v, mask, None, AttentionModuleOptions::default());
+        let ctx = match super::cpu_attention::attention(&q, &k, &v, key_padding) {
+            Some(ctx) => ctx,
+            None => {
+                let mask = key_padding.map(|m| key_mask(m, l));
+                attention(q, k, v, mask, None, AttentionModuleOptions::default())
+            }
+        };
         self.out_proj.forward(Self::merge(ctx))
     }
 }

@@ -10,6 +10,8 @@
 //! `model.safetensors`).
 
 pub mod config;
+pub mod cpu_attention;
+pub mod cpu_encoder;
 pub mod layers;
 pub mod net;
 pub mod statedict;

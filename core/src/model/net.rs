@@ -434,6 +434,10 @@ impl<B: Backend> ScGpt<B> {
         mut x: Tensor<B, 3>,
         padding: Option<&Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 3> {
+        // Inference on the CPU backend: the fused multi-threaded stack.
+        if let Some(y) = super::cpu_encoder::transform(&self.layers, &x, padding) {
+            return y;
+        }
         for layer in &self.layers {
             x = layer.forward(x, padding);
         }
