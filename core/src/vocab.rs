@@ -211,7 +211,7 @@ mod tests {
     #[test]
     fn appends_missing_specials_and_matches() {
         let v = GeneVocab::from_json_str(r#"{"B": 1, "A": 0, "<pad>": 2}"#, "v").unwrap();
-        assert_eq!(v.len(), 4);
+        assert_eq!(v.len(), 5);
         assert_eq!(v.id("<pad>"), Some(2));
         assert_eq!(v.id("<cls>"), Some(3));
         assert_eq!(

@@ -108,7 +108,8 @@ fn burn_std_bytes(v: Vec<f32>) -> burn::tensor::Bytes {
     burn::tensor::Bytes::from_elems(v)
 }
 
-/// One (batch, head): `o[lq, hd] = softmax(q kᵀ * scale) v`.
+/// One (batch, head) with contiguous `[l, hd]` q/k/v: padding that forms a suffix is
+/// skipped, scattered padding gets probability zero.
 #[allow(clippy::too_many_arguments)]
 fn head(
     q: &[f32],
@@ -122,7 +123,6 @@ fn head(
     scale: f32,
     scores: &mut Vec<f32>,
 ) {
-    // Valid keys: a prefix when padding is a suffix (then masked keys are not computed).
     let (n, scattered) = match key_padding {
         None => (lk, false),
         Some(m) => {
@@ -130,14 +130,64 @@ fn head(
             (n, m[n..].contains(&0))
         }
     };
-    let n = if scattered { lk } else { n };
-    if n == 0 {
+    let (n, masked) = if scattered {
+        (lk, key_padding)
+    } else {
+        (n, None)
+    };
+    let view = |data| HeadView {
+        data,
+        row_stride: hd,
+    };
+    attend(
+        view(q),
+        view(k),
+        view(v),
+        o,
+        lq,
+        n,
+        hd,
+        scale,
+        masked,
+        scores,
+    );
+}
+
+/// Rows of one head inside a larger buffer: row `i` is `data[i * row_stride..][..hd]`.
+#[derive(Clone, Copy)]
+pub(crate) struct HeadView<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+}
+
+impl HeadView<'_> {
+    fn holds(&self, rows: usize, hd: usize) -> bool {
+        rows == 0 || self.data.len() >= (rows - 1) * self.row_stride + hd
+    }
+}
+
+/// `o[lq, hd] = softmax(q kᵀ · scale) v` over the first `n` keys, `masked[j] != 0` giving
+/// key `j` probability zero. Two single-threaded GEMMs (callers parallelise over heads).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend(
+    q: HeadView<'_>,
+    k: HeadView<'_>,
+    v: HeadView<'_>,
+    o: &mut [f32],
+    lq: usize,
+    n: usize,
+    hd: usize,
+    scale: f32,
+    masked: Option<&[u8]>,
+    scores: &mut Vec<f32>,
+) {
+    if n == 0 || !q.holds(lq, hd) || !k.holds(n, hd) || !v.holds(n, hd) || o.len() < lq * hd {
         o.fill(0.0);
         return;
     }
     scores.resize(lq * n, 0.0);
-    // SAFETY: all pointers index buffers of the stated shapes (row-major, checked by the
-    // slice lengths above); gemm reads q [lq, hd], kᵀ [hd, n] and writes scores [lq, n].
+    // SAFETY: `holds` checked that every strided row read below lies inside its slice;
+    // scores is [lq, n] and o at least [lq, hd], both row-major.
     unsafe {
         gemm::gemm(
             lq,
@@ -147,11 +197,11 @@ fn head(
             1,
             n as isize,
             false,
-            q.as_ptr(),
+            q.data.as_ptr(),
             1,
-            hd as isize,
-            k.as_ptr(),
-            hd as isize,
+            q.row_stride as isize,
+            k.data.as_ptr(),
+            k.row_stride as isize,
             1,
             0.0,
             scale,
@@ -161,9 +211,8 @@ fn head(
             gemm::Parallelism::None,
         );
     }
-    let masked = if scattered { key_padding } else { None };
     softmax_rows(scores, n, masked);
-    // SAFETY: scores [lq, n] times v [n, hd] (row-major, first n keys) into o [lq, hd].
+    // SAFETY: as above; scores [lq, n] times v [n, hd] into o [lq, hd].
     unsafe {
         gemm::gemm(
             lq,
@@ -176,9 +225,9 @@ fn head(
             scores.as_ptr(),
             1,
             n as isize,
-            v.as_ptr(),
+            v.data.as_ptr(),
             1,
-            hd as isize,
+            v.row_stride as isize,
             0.0,
             1.0,
             false,
@@ -187,11 +236,6 @@ fn head(
             gemm::Parallelism::None,
         );
     }
-}
-
-/// Row softmax in place (for the fused CPU encoder).
-pub(crate) fn softmax_rows_pub(s: &mut [f32], n: usize, masked: Option<&[u8]>) {
-    softmax_rows(s, n, masked);
 }
 
 /// Row softmax in place; `masked[j] != 0` forces probability 0 for key `j`.

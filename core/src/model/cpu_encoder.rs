@@ -14,7 +14,7 @@ use burn::tensor::{Bool, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::cpu_attention::{is_flex, softmax_rows_pub as softmax_rows};
+use super::cpu_attention::{HeadView, attend, is_flex};
 use super::layers::{EncoderLayer, LN_EPS, Lin, Norm};
 
 fn flex_of<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
@@ -176,65 +176,23 @@ impl LayerW {
                 let (bi, hi) = (bh / h, bh % h);
                 let n = valid[bi];
                 let mut o = vec![0f32; l * hd];
-                if n == 0 {
-                    return o;
-                }
                 let base = bi * l * 3 * d;
-                let q = &qkv[base + hi * hd..];
-                let k = &qkv[base + d + hi * hd..];
-                let v = &qkv[base + 2 * d + hi * hd..];
-                scores.resize(l * n, 0.0);
-                let rs = (3 * d) as isize;
-                // SAFETY: q/k/v rows are strided by 3d inside this cell's [l, 3d] block;
-                // the largest index read is (l-1)*3d + 2d + (h-1)*hd + hd - 1 < l*3d.
-                unsafe {
-                    gemm::gemm(
-                        l,
-                        n,
-                        hd,
-                        scores.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        rs,
-                        k.as_ptr(),
-                        rs,
-                        1,
-                        0.0,
-                        scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                softmax_rows(scores, n, None);
-                // SAFETY: scores [l, n] times v [n, hd] (rows strided by 3d) into o [l, hd].
-                unsafe {
-                    gemm::gemm(
-                        l,
-                        hd,
-                        n,
-                        o.as_mut_ptr(),
-                        1,
-                        hd as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        n as isize,
-                        v.as_ptr(),
-                        1,
-                        rs,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                let view = |off: usize| HeadView {
+                    data: &qkv[base + off + hi * hd..],
+                    row_stride: 3 * d,
+                };
+                attend(
+                    view(0),
+                    view(d),
+                    view(2 * d),
+                    &mut o,
+                    l,
+                    n,
+                    hd,
+                    scale,
+                    None,
+                    scores,
+                );
                 o
             })
             .collect();
