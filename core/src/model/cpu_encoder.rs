@@ -27,6 +27,19 @@ fn flex_of<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<FlexTensor> {
     }
 }
 
+/// A weight borrowed from a flex tensor (f32, contiguous): no copy per forward pass.
+struct F32Buf(FlexTensor);
+
+impl F32Buf {
+    fn of<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<Self> {
+        let f = flex_of(t)?;
+        (f.dtype() == burn::tensor::DType::F32).then_some(Self(f))
+    }
+    fn get(&self) -> &[f32] {
+        self.0.storage()
+    }
+}
+
 /// Host copy of a float tensor (flex only, f32 only).
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<Vec<f32>> {
     let f = flex_of(t)?;
@@ -34,8 +47,8 @@ fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Option<Vec<f32>> {
 }
 
 struct LinW {
-    w: Vec<f32>, // [in, out]
-    b: Option<Vec<f32>>,
+    w: F32Buf, // [in, out]
+    b: Option<F32Buf>,
     d_in: usize,
     d_out: usize,
 }
@@ -45,9 +58,9 @@ impl LinW {
         Some(Self {
             d_in: l.d_in(),
             d_out: l.d_out(),
-            w: host(l.weight.val())?,
+            w: F32Buf::of(l.weight.val())?,
             b: match &l.bias {
-                Some(b) => Some(host(b.val())?),
+                Some(b) => Some(F32Buf::of(b.val())?),
                 None => None,
             },
         })
@@ -59,7 +72,7 @@ impl LinW {
         let read_dst = if let Some(b) = &self.b {
             y.par_chunks_mut(self.d_out * 64).for_each(|c| {
                 c.chunks_exact_mut(self.d_out)
-                    .for_each(|r| r.copy_from_slice(b))
+                    .for_each(|r| r.copy_from_slice(b.get()))
             });
             true
         } else {
@@ -79,7 +92,7 @@ impl LinW {
                 x.as_ptr(),
                 1,
                 self.d_in as isize,
-                self.w.as_ptr(),
+                self.w.get().as_ptr(),
                 1,
                 self.d_out as isize,
                 1.0,
@@ -95,15 +108,15 @@ impl LinW {
 }
 
 struct NormW {
-    w: Vec<f32>,
-    b: Vec<f32>,
+    w: F32Buf,
+    b: F32Buf,
 }
 
 impl NormW {
     fn of<B: Backend>(n: &Norm<B>) -> Option<Self> {
         Some(Self {
-            w: host(n.weight.val())?,
-            b: host(n.bias.val())?,
+            w: F32Buf::of(n.weight.val())?,
+            b: F32Buf::of(n.bias.val())?,
         })
     }
 
@@ -120,7 +133,7 @@ impl NormW {
             let mean = xr.iter().sum::<f32>() / n;
             let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
             let inv = 1.0 / (var + LN_EPS as f32).sqrt();
-            for ((v, w), b) in xr.iter_mut().zip(&self.w).zip(&self.b) {
+            for ((v, w), b) in xr.iter_mut().zip(self.w.get()).zip(self.b.get()) {
                 *v = (*v - mean) * inv * w + b;
             }
         };
