@@ -35,7 +35,7 @@ pub struct Args {
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
-    if same_file(&args.input, &args.output) {
+    if cellforge_core::io::same_file(&args.input, &args.output) {
         bail!(
             "the output {} is the input file; cellforge never overwrites its input: choose another output path",
             args.output.display()
@@ -67,11 +67,4 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         adata.n_vars()
     );
     Ok(())
-}
-
-fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
 }

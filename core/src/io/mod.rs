@@ -68,3 +68,11 @@ pub(crate) fn open_read_only(path: &Path) -> Result<hdf5::File> {
         message: e.to_string(),
     })
 }
+
+/// Whether two paths name the same existing file (commands refuse to write over their input).
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}

@@ -3,7 +3,7 @@
 //! the CLI and the app (which run it off the UI thread and show its events).
 
 use std::ops::ControlFlow;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -127,13 +127,6 @@ pub fn gene_names(
     }
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
-}
-
 fn scalar_i64(v: i64) -> Element {
     Element::Scalar(DenseArray::scalar(ArrayData::I64(vec![v])))
 }
@@ -146,7 +139,7 @@ pub fn run_embed(
     req: &EmbedRequest,
     events: &mut dyn FnMut(EmbedEvent) -> ControlFlow<()>,
 ) -> Result<EmbedSummary, EmbedJobError> {
-    if same_file(&req.input, &req.output) {
+    if crate::io::same_file(&req.input, &req.output) {
         return Err(EmbedJobError::OutputIsInput(
             req.output.display().to_string(),
         ));
