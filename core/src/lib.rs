@@ -7,6 +7,7 @@
 //! - [`checkpoint`]: a PyTorch `.pt` reader that never executes the pickle.
 //! - [`model`]: the scGPT model family in burn, model folders (scGPT and native).
 //! - [`device`]: CUDA -> wgpu -> CPU selection with reasons.
+//! - [`pp`]: preprocessing (filters, normalize_total, log1p, HVG, binning) with scanpy parity.
 //! - [`tl`]: tools on top of the model (`tl::embed`: cell embeddings).
 
 pub mod anndata;
@@ -17,6 +18,7 @@ pub mod io;
 pub mod model;
 pub mod summary;
 pub mod tl;
+pub mod pp;
 pub mod tokenize;
 pub mod vocab;
 

@@ -3,6 +3,7 @@
 mod convert;
 mod embed;
 mod inspect;
+mod preprocess;
 
 use std::path::PathBuf;
 
@@ -29,6 +30,9 @@ pub enum Command {
     Convert(convert::Args),
     /// Embed cells with an scGPT model (CUDA, wgpu or CPU) into obsm["X_scGPT"].
     Embed(embed::Args),
+    /// scGPT preprocessing with scanpy's numbers: filters, normalize_total, log1p, highly
+    /// variable genes, value binning (layers X_normed, X_log1p, X_binned).
+    Preprocess(preprocess::Args),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -36,5 +40,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Inspect(a) => inspect::run(&a),
         Command::Convert(a) => convert::run(&a),
         Command::Embed(a) => embed::run(&a),
+        Command::Preprocess(a) => preprocess::run(&a),
     }
 }

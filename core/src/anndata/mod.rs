@@ -4,6 +4,7 @@
 
 mod array;
 mod frame;
+mod subset;
 
 pub use array::{ArrayData, DenseArray, Dtype, SparseFormat, SparseMatrix};
 pub use frame::{Categorical, DataFrame, StringArray};
