@@ -16,9 +16,9 @@ pub mod device;
 pub mod fmt;
 pub mod io;
 pub mod model;
+pub mod pp;
 pub mod summary;
 pub mod tl;
-pub mod pp;
 pub mod tokenize;
 pub mod vocab;
 

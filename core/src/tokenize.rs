@@ -1,4 +1,5 @@
-//! scGPT value binning and cell tokenisation (the embedding convention).
+//! scGPT value binning and cell tokenisation (embedding and fine-tuning conventions, padding,
+//! masking) and Geneformer's rank-value order.
 //!
 //! Binning follows scGPT's `binning` exactly: per cell, the quantile edges of its non-zero
 //! values at probabilities `linspace(0, 1, n_bins - 1)` (NumPy's default linear
@@ -203,6 +204,176 @@ pub fn tokenize_cell(
     }
 }
 
+/// Which of scGPT's conventions a cell is tokenised with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenizeOptions {
+    /// Keep every gene (scGPT `include_zero_gene=True`, the integration tutorial) or only the
+    /// expressed ones (pretraining, embedding, the annotation tutorial).
+    pub include_zero_genes: bool,
+    /// Put `<cls>` first.
+    pub append_cls: bool,
+    /// Value at the `<cls>` position: the pad value (-2) when embedding or pretraining, 0 in
+    /// the fine-tuning tutorials (`tokenize_and_pad_batch`).
+    pub cls_value: f32,
+    /// Most tokens per cell, `<cls>` included; longer cells keep a seeded random subset.
+    pub max_len: usize,
+}
+
+impl TokenizeOptions {
+    /// `embed_data` / pretraining: expressed genes, `<cls>` valued as the pad value.
+    pub fn embedding(pad_value: f32, max_len: usize) -> Self {
+        Self {
+            include_zero_genes: false,
+            append_cls: true,
+            cls_value: pad_value,
+            max_len,
+        }
+    }
+
+    /// The fine-tuning tutorials: `<cls>` valued 0, zero genes optional.
+    pub fn fine_tuning(include_zero_genes: bool, max_len: usize) -> Self {
+        Self {
+            include_zero_genes,
+            append_cls: true,
+            cls_value: 0.0,
+            max_len,
+        }
+    }
+}
+
+/// Tokenises one cell from its (already binned or otherwise prepared) values over `genes`
+/// (vocabulary ids, one per column; `None` for genes outside the vocabulary, which are
+/// dropped). Column order is kept; subsampling is seeded.
+pub fn tokenize_values(
+    genes: &[Option<u32>],
+    values: &[f32],
+    cls_id: u32,
+    opts: &TokenizeOptions,
+    rng: &mut Rng,
+) -> CellTokens {
+    let picked: Vec<(u32, f32)> = genes
+        .iter()
+        .zip(values)
+        .filter_map(|(g, &v)| g.map(|g| (g, v)))
+        .filter(|&(_, v)| opts.include_zero_genes || v != 0.0)
+        .collect();
+    let room = opts.max_len.saturating_sub(usize::from(opts.append_cls));
+    let chosen: Vec<usize> = if picked.len() > room {
+        rng.choose_sorted(picked.len(), room)
+    } else {
+        (0..picked.len()).collect()
+    };
+    let mut out = CellTokens {
+        genes: Vec::with_capacity(chosen.len() + 1),
+        values: Vec::with_capacity(chosen.len() + 1),
+    };
+    if opts.append_cls {
+        out.genes.push(cls_id);
+        out.values.push(opts.cls_value);
+    }
+    for i in chosen {
+        out.genes.push(picked[i].0);
+        out.values.push(picked[i].1);
+    }
+    out
+}
+
+/// Cells padded on the right to one length: row-major `[n, len]` genes and values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PaddedBatch {
+    pub n: usize,
+    pub len: usize,
+    pub genes: Vec<u32>,
+    pub values: Vec<f32>,
+}
+
+impl PaddedBatch {
+    /// Whether position `(i, j)` is padding.
+    pub fn is_pad(&self, i: usize, j: usize, pad_id: u32) -> bool {
+        self.genes[i * self.len + j] == pad_id
+    }
+}
+
+/// scGPT's `pad_batch`: the batch length is the longest cell (at most `max_len`); shorter
+/// cells are padded with `pad_id` / `pad_value`. Cells longer than `max_len` are cut to
+/// `max_len` (tokenise with the same `max_len` to subsample them instead).
+pub fn pad_batch(cells: &[CellTokens], max_len: usize, pad_id: u32, pad_value: f32) -> PaddedBatch {
+    let len = cells
+        .iter()
+        .map(|c| c.genes.len())
+        .max()
+        .unwrap_or(0)
+        .min(max_len);
+    let mut genes = Vec::with_capacity(cells.len() * len);
+    let mut values = Vec::with_capacity(cells.len() * len);
+    for c in cells {
+        let k = c.genes.len().min(len);
+        genes.extend_from_slice(&c.genes[..k]);
+        values.extend_from_slice(&c.values[..k]);
+        genes.extend(std::iter::repeat_n(pad_id, len - k));
+        values.extend(std::iter::repeat_n(pad_value, len - k));
+    }
+    PaddedBatch {
+        n: cells.len(),
+        len,
+        genes,
+        values,
+    }
+}
+
+/// scGPT's `random_mask_value`: in each row, `floor(candidates * mask_ratio)` positions,
+/// chosen uniformly without replacement among the non-pad positions after the first
+/// `keep_first` (the `<cls>`), get `mask_value`. Returns the masked values and the mask.
+/// Unlike scGPT, `<cls>` is never a candidate (scGPT masks it when `pad_value != 0`).
+pub fn random_mask_value(
+    batch: &PaddedBatch,
+    pad_id: u32,
+    mask_ratio: f64,
+    mask_value: f32,
+    keep_first: usize,
+    rng: &mut Rng,
+) -> (Vec<f32>, Vec<bool>) {
+    let mut values = batch.values.clone();
+    let mut mask = vec![false; values.len()];
+    for i in 0..batch.n {
+        let cand: Vec<usize> = (keep_first.min(batch.len)..batch.len)
+            .filter(|&j| !batch.is_pad(i, j, pad_id))
+            .collect();
+        let n_mask = (cand.len() as f64 * mask_ratio).floor() as usize;
+        for k in rng.choose_sorted(cand.len(), n_mask) {
+            let p = i * batch.len + cand[k];
+            values[p] = mask_value;
+            mask[p] = true;
+        }
+    }
+    (values, mask)
+}
+
+/// Geneformer's rank-value encoding of one cell: counts divided by the cell's total
+/// (times `target_sum`, 10,000 in Geneformer) and by the gene's median over the corpus
+/// (`medians`, one per column; `None` for genes outside Geneformer's dictionary), the
+/// expressed genes sorted by that value, highest first, at most `max_len` (2,048). Returns
+/// the columns in rank order; ties keep column order.
+pub fn rank_value_order(
+    counts: &[(u32, f64)],
+    total: f64,
+    medians: &[Option<f64>],
+    target_sum: f64,
+    max_len: usize,
+) -> Vec<u32> {
+    let mut scored: Vec<(u32, f64)> = counts
+        .iter()
+        .filter(|&&(_, c)| c > 0.0)
+        .filter_map(|&(g, c)| {
+            let m = medians.get(g as usize).copied().flatten()?;
+            (m > 0.0 && total > 0.0).then(|| (g, c / total * target_sum / m))
+        })
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored.truncate(max_len);
+    scored.into_iter().map(|(g, _)| g).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,5 +426,69 @@ mod tests {
         assert_eq!(t.genes[0], 99);
         assert_eq!(t.values[0], -2.0);
         assert!(t.genes[1..].windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn fine_tuning_convention_keeps_zeros_and_cls_zero() {
+        let genes = [Some(10), None, Some(12), Some(13)];
+        let vals = [3.0, 5.0, 0.0, 1.0];
+        let t = tokenize_values(
+            &genes,
+            &vals,
+            1,
+            &TokenizeOptions::fine_tuning(true, 10),
+            &mut Rng::new(0),
+        );
+        assert_eq!(t.genes, vec![1, 10, 12, 13]);
+        assert_eq!(t.values, vec![0.0, 3.0, 0.0, 1.0]);
+        let t = tokenize_values(
+            &genes,
+            &vals,
+            1,
+            &TokenizeOptions::embedding(-2.0, 10),
+            &mut Rng::new(0),
+        );
+        assert_eq!(t.genes, vec![1, 10, 13]);
+        assert_eq!(t.values, vec![-2.0, 3.0, 1.0]);
+    }
+
+    #[test]
+    fn padding_and_masking_never_touch_pad_or_cls() {
+        let a = CellTokens {
+            genes: vec![1, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14],
+            values: vec![0.0; 11],
+        };
+        let b = CellTokens {
+            genes: vec![1, 5, 6],
+            values: vec![0.0, 2.0, 3.0],
+        };
+        let p = pad_batch(&[a, b], 100, 0, -2.0);
+        assert_eq!(p.len, 11);
+        assert_eq!(&p.genes[11..], &[1, 5, 6, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(p.values[14], -2.0);
+        let (vals, mask) = random_mask_value(&p, 0, 0.5, -1.0, 1, &mut Rng::new(3));
+        // row 0: 10 candidates -> 5 masked; row 1: 2 candidates -> 1 masked
+        assert_eq!(mask[..11].iter().filter(|&&m| m).count(), 5);
+        assert_eq!(mask[11..].iter().filter(|&&m| m).count(), 1);
+        assert!(!mask[0] && !mask[11], "cls is never masked");
+        assert!(mask[14..].iter().all(|&m| !m), "padding is never masked");
+        assert!(mask.iter().zip(&vals).all(|(&m, &v)| !m || v == -1.0));
+    }
+
+    #[test]
+    fn rank_value_orders_by_normalised_expression() {
+        // gene 2 has the lowest median, so it ranks first despite fewer counts
+        let counts = [(0u32, 10.0), (1, 5.0), (2, 2.0), (3, 0.0)];
+        let medians = [Some(10.0), Some(1.0), Some(0.1), Some(1.0)];
+        assert_eq!(
+            rank_value_order(&counts, 17.0, &medians, 1e4, 2048),
+            vec![2, 1, 0]
+        );
+        assert_eq!(
+            rank_value_order(&counts, 17.0, &medians, 1e4, 2),
+            vec![2, 1]
+        );
+        let no_dict = [None, Some(1.0), None, None];
+        assert_eq!(rank_value_order(&counts, 17.0, &no_dict, 1e4, 10), vec![1]);
     }
 }

@@ -41,6 +41,32 @@ from scgpt.preprocess import Preprocessor  # noqa: E402
 REPO = Path(__file__).resolve().parents[2]
 
 
+class _StableArgsortNumpy:
+    """numpy, except that `argsort` defaults to a stable sort.
+
+    scanpy's seurat_v3 ranks genes with `np.argsort(np.argsort(-norm_var))` using numpy's
+    default (unstable) quicksort; genes whose normalised variances are exactly equal (common:
+    genes seen in one cell with one count share every statistic) then get an order that
+    depends on numpy's sort internals, which differ between CPUs (numpy dispatches to AVX-512
+    or AVX2 sorting networks when available). With this stand-in in scanpy's module, ties keep
+    gene order, which is what cellforge does, so the goldens are machine independent. The
+    sets scanpy gives as is are stored too (`highly_variable_numpy_default`).
+    """
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    @staticmethod
+    def argsort(a, axis=-1, kind=None, order=None):
+        return np.argsort(a, axis=axis, kind="stable" if kind is None else kind, order=order)
+
+
+def stable_ties(on: bool) -> None:
+    import scanpy.preprocessing._highly_variable_genes as hvg_mod
+
+    hvg_mod.np = _StableArgsortNumpy() if on else np
+
+
 def gen_raw_counts(path: Path) -> None:
     rng = np.random.default_rng(20261121)
     n_cells, n_genes = 1000, 1500
@@ -102,6 +128,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     raw_path = out / "raw_counts.h5ad"
+    stable_ties(True)
     gen_raw_counts(raw_path)
     warnings.simplefilter("ignore")
 
@@ -148,8 +175,16 @@ def main() -> None:
         if log_of_counts:
             sc.pp.normalize_total(adata, target_sum=1e4)
             sc.pp.log1p(adata)
+        if flavor == "seurat_v3":
+            stable_ties(False)
+            as_is = adata.copy()
+            sc.pp.highly_variable_genes(as_is, layer=layer, n_top_genes=n_top, flavor=flavor,
+                                        batch_key=batch_key)
+            stable_ties(True)
         sc.pp.highly_variable_genes(adata, layer=layer, n_top_genes=n_top, flavor=flavor,
                                     batch_key=batch_key)
+        if flavor == "seurat_v3":
+            adata.var["highly_variable_numpy_default"] = as_is.var["highly_variable"].to_numpy()
         strip(adata, False, None).write_h5ad(out / f"{name}.h5ad", compression="gzip")
         cases.append({"name": name, "input": inp, "kind": "hvg",
                       "options": {"hvg_flavor": flavor, "n_hvg": n_top, "batch_key": batch_key,
@@ -186,6 +221,27 @@ def main() -> None:
              log_of_counts=True)
     hvg_case("hvg_raw_cell_ranger_batch", "raw_counts", "cell_ranger", 300, batch_key="batch",
              log_of_counts=True)
+
+    # Tokenisation (scgpt.tokenizer.tokenize_and_pad_batch, the fine-tuning convention) of
+    # the first 20 stored cells of harmony_chain_v3's X_binned, genes numbered 2.. in
+    # column order (<pad> = 0, <cls> = 1), no subsampling (max_len above every length).
+    from scgpt.tokenizer import GeneVocab, tokenize_and_pad_batch
+
+    chain = ad.read_h5ad(out / "harmony_chain_v3.h5ad")
+    binned = chain.layers["X_binned"][:20].toarray()
+    names = list(chain.var_names)
+    vocab = GeneVocab.from_dict({"<pad>": 0, "<cls>": 1, **{n: i + 2 for i, n in enumerate(names)}})
+    gene_ids = np.array([vocab[n] for n in names], dtype=int)
+    tok = {}
+    for include_zero in (False, True):
+        t = tokenize_and_pad_batch(binned, gene_ids, max_len=5000, vocab=vocab, pad_token="<pad>",
+                                   pad_value=-2, append_cls=True, include_zero_gene=include_zero,
+                                   cls_token="<cls>", return_pt=True)
+        tok["include_zero" if include_zero else "nonzero"] = {
+            "genes": t["genes"].numpy().tolist(),
+            "values": t["values"].numpy().tolist(),
+        }
+    (out / "tokenize.json").write_text(json.dumps(tok) + "\n")
 
     meta = {
         "generated_by": "scripts/reference/make_pp_goldens.py",

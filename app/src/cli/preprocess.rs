@@ -6,9 +6,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use cellforge_core::pp::{
-    HvgFlavor, HvgOptions, PreprocessOptions, TargetSum, preprocess_to_file,
-};
+use cellforge_core::pp::{HvgFlavor, HvgOptions, PreprocessOptions, TargetSum, preprocess_to_file};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -67,9 +65,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let normalize_total = match args.normalize_total.as_str() {
         "none" | "off" => None,
         "median" => Some(TargetSum::Median),
-        v => Some(TargetSum::Fixed(v.parse::<f64>().ok().filter(|t| *t > 0.0).with_context(
-            || format!("--normalize-total takes a positive number, median or none (got {v})"),
-        )?)),
+        v => Some(TargetSum::Fixed(
+            v.parse::<f64>()
+                .ok()
+                .filter(|t| *t > 0.0)
+                .with_context(|| {
+                    format!("--normalize-total takes a positive number, median or none (got {v})")
+                })?,
+        )),
     };
     let hvg = match args.n_hvg {
         None => None,
@@ -106,10 +109,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let report = preprocess_to_file(&args.input, &args.output, &opts, &mut |p| {
         if tty && (last.elapsed().as_millis() >= 300 || p.rows_done == p.rows_total) {
             last = std::time::Instant::now();
-            eprint!(
-                "\r{}: {}/{} cells   ",
-                p.pass, p.rows_done, p.rows_total
-            );
+            eprint!("\r{}: {}/{} cells   ", p.pass, p.rows_done, p.rows_total);
             let _ = std::io::stderr().flush();
         }
         ControlFlow::Continue(())

@@ -165,13 +165,11 @@ impl Element {
                 values,
                 mask,
                 na_value,
-            } if axis == 0 && take1(mask.len()) && take1(values.len()) => {
-                Element::NullableString {
-                    values: idx.iter().map(|&i| values[i].clone()).collect(),
-                    mask: idx.iter().map(|&i| mask[i]).collect(),
-                    na_value: na_value.clone(),
-                }
-            }
+            } if axis == 0 && take1(mask.len()) && take1(values.len()) => Element::NullableString {
+                values: idx.iter().map(|&i| values[i].clone()).collect(),
+                mask: idx.iter().map(|&i| mask[i]).collect(),
+                na_value: na_value.clone(),
+            },
             _ => return None,
         })
     }
@@ -208,7 +206,11 @@ impl AnnData {
     /// `adata[cells, genes]`: a copy holding the given cells and genes (each `None` = all),
     /// with X, layers, obs/var, obsm/varm, obsp/varp and raw's rows cut alike. Returns the
     /// copy and the elements that could not be cut and were left out (e.g. opaque ones).
-    pub fn subset(&self, cells: Option<&[usize]>, genes: Option<&[usize]>) -> (AnnData, Vec<String>) {
+    pub fn subset(
+        &self,
+        cells: Option<&[usize]>,
+        genes: Option<&[usize]>,
+    ) -> (AnnData, Vec<String>) {
         let all_cells;
         let all_genes;
         let cells = match cells {
@@ -260,7 +262,12 @@ impl AnnData {
             varm: take_mapping(&self.varm, &[(0, genes)], "varm", &mut dropped),
             obsp: take_mapping(&self.obsp, &[(0, cells), (1, cells)], "obsp", &mut dropped),
             varp: take_mapping(&self.varp, &[(0, genes), (1, genes)], "varp", &mut dropped),
-            layers: take_mapping(&self.layers, &[(0, cells), (1, genes)], "layers", &mut dropped),
+            layers: take_mapping(
+                &self.layers,
+                &[(0, cells), (1, genes)],
+                "layers",
+                &mut dropped,
+            ),
             uns: self.uns.clone(),
             raw,
         };
@@ -288,11 +295,19 @@ mod tests {
     fn sparse_cuts_match_dense_cuts() {
         let s = csr();
         let d = s.to_dense();
-        for (axis, idx) in [(0, vec![2, 0]), (1, vec![0, 2]), (1, vec![2, 1]), (0, vec![])] {
+        for (axis, idx) in [
+            (0, vec![2, 0]),
+            (1, vec![0, 2]),
+            (1, vec![2, 1]),
+            (0, vec![]),
+        ] {
             let a = s.take_axis(axis, &idx).unwrap().to_dense();
             let b = d.take_axis(axis, &idx).unwrap();
             assert_eq!(a, b, "axis {axis} idx {idx:?}");
-            let c = s.to_format(SparseFormat::Csc).take_axis(axis, &idx).unwrap();
+            let c = s
+                .to_format(SparseFormat::Csc)
+                .take_axis(axis, &idx)
+                .unwrap();
             assert_eq!(c.to_dense(), b, "csc axis {axis} idx {idx:?}");
         }
         assert!(s.take_axis(0, &[3]).is_none());

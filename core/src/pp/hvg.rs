@@ -6,8 +6,8 @@
 //! The statistics are gathered by the caller in streaming passes over row chunks
 //! ([`BatchStats`]); this module turns them into the selection.
 
-use super::loess::loess_fit;
 use super::PpError;
+use super::loess::loess_fit;
 
 /// The HVG method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,10 +163,18 @@ pub fn seurat_v3_norm_var(
         .collect()
 }
 
-/// Ranks within a batch (0 = most variable); ties in input order.
+/// Ranks within a batch (0 = most variable); exactly tied values keep gene order. (scanpy
+/// ranks with NumPy's unstable default sort, whose order among ties depends on the CPU's
+/// sorting kernels; a stable order makes the result the same on every machine.)
 fn ranks_desc(v: &[f64]) -> Vec<f32> {
     let mut order: Vec<usize> = (0..v.len()).collect();
-    order.sort_by(|&a, &b| (-v[a]).total_cmp(&(-v[b])));
+    order.sort_by(|&a, &b| match (v[a].is_nan(), v[b].is_nan()) {
+        // NumPy sorts NaN last
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        (false, false) => v[b].partial_cmp(&v[a]).unwrap_or(std::cmp::Ordering::Equal),
+    });
     let mut rank = vec![0f32; v.len()];
     for (r, &g) in order.iter().enumerate() {
         rank[g] = r as f32;
@@ -268,8 +276,16 @@ fn cut_equal_width(x: &[f64], n_bins: usize) -> Vec<Option<usize>> {
         mx = mx.max(v);
     }
     let edges: Vec<f64> = if mn == mx {
-        let lo = if mn != 0.0 { mn - 0.001 * mn.abs() } else { mn - 0.001 };
-        let hi = if mx != 0.0 { mx + 0.001 * mx.abs() } else { mx + 0.001 };
+        let lo = if mn != 0.0 {
+            mn - 0.001 * mn.abs()
+        } else {
+            mn - 0.001
+        };
+        let hi = if mx != 0.0 {
+            mx + 0.001 * mx.abs()
+        } else {
+            mx + 0.001
+        };
         linspace(lo, hi, n_bins + 1)
     } else {
         let mut e = linspace(mn, mx, n_bins + 1);
@@ -326,7 +342,11 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     let g = virt - virt.floor();
     let (a, b) = (sorted[lo], sorted[hi]);
     let d = b - a;
-    if g >= 0.5 { b - d * (1.0 - g) } else { a + d * g }
+    if g >= 0.5 {
+        b - d * (1.0 - g)
+    } else {
+        a + d * g
+    }
 }
 
 const GAUSSIAN_3_4: f64 = 0.674_489_750_196_081_7;
@@ -413,8 +433,7 @@ pub fn dispersion_table(
                     let dev = if vals.len() < 2 {
                         f64::NAN
                     } else {
-                        (vals.iter().map(|v| (v - avg) * (v - avg)).sum::<f64>() / (n - 1.0))
-                            .sqrt()
+                        (vals.iter().map(|v| (v - avg) * (v - avg)).sum::<f64>() / (n - 1.0)).sqrt()
                     };
                     // A bin with a single gene: scanpy sets its normalised dispersion to 1.
                     if dev.is_nan() { (0.0, avg) } else { (avg, dev) }
@@ -424,7 +443,11 @@ pub fn dispersion_table(
                     let dev = if vals.is_empty() {
                         f64::NAN
                     } else {
-                        median(vals.iter().map(|v| (v - med).abs() / GAUSSIAN_3_4).collect())
+                        median(
+                            vals.iter()
+                                .map(|v| (v - med).abs() / GAUSSIAN_3_4)
+                                .collect(),
+                        )
                     };
                     (med, dev)
                 }
@@ -523,7 +546,8 @@ pub fn dispersion_combine(
     // groupby(gene name) sorts by name; then a stable sort on (nbatches, norm) descending.
     order.sort_by(|&a, &b| gene_names[a].cmp(&gene_names[b]));
     order.sort_by(|&a, &b| {
-        nb[b].cmp(&nb[a])
+        nb[b]
+            .cmp(&nb[a])
             .then_with(|| match (norm[a].is_nan(), norm[b].is_nan()) {
                 (false, true) => std::cmp::Ordering::Less,
                 (true, false) => std::cmp::Ordering::Greater,

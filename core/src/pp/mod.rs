@@ -347,7 +347,9 @@ pub fn preprocess(
     if let Some(b) = opts.n_bins
         && b < 3
     {
-        return Err(PpError::Input(format!("--n-bins must be at least 3 (got {b})")));
+        return Err(PpError::Input(format!(
+            "--n-bins must be at least 3 (got {b})"
+        )));
     }
     let matrix = opts
         .layer
@@ -457,8 +459,11 @@ pub fn preprocess(
     // Gene filter (scanpy filter_genes).
     let gene_ok: Vec<bool> = (0..n_genes)
         .map(|g| {
-            opts.filter_genes_min_counts.is_none_or(|m| gene_sum[g] >= m)
-                && opts.filter_genes_min_cells.is_none_or(|m| gene_cells[g] >= m)
+            opts.filter_genes_min_counts
+                .is_none_or(|m| gene_sum[g] >= m)
+                && opts
+                    .filter_genes_min_cells
+                    .is_none_or(|m| gene_cells[g] >= m)
         })
         .collect();
     let kept_genes: Vec<usize> = (0..n_genes).filter(|&g| gene_ok[g]).collect();
@@ -495,8 +500,11 @@ pub fn preprocess(
     }
     let keep_cell: Vec<bool> = (0..n_cells)
         .map(|c| {
-            opts.filter_cells_min_counts.is_none_or(|m| cell_total[c] >= m)
-                && opts.filter_cells_min_genes.is_none_or(|m| cell_genes[c] >= m)
+            opts.filter_cells_min_counts
+                .is_none_or(|m| cell_total[c] >= m)
+                && opts
+                    .filter_cells_min_genes
+                    .is_none_or(|m| cell_genes[c] >= m)
         })
         .collect();
     let kept_cells: Vec<usize> = (0..n_cells).filter(|&c| keep_cell[c]).collect();
@@ -533,7 +541,17 @@ pub fn preprocess(
     // Highly variable genes over kept cells and genes.
     let mut hvg_result = None;
     if let Some(h) = &opts.hvg {
-        let r = run_hvg(meta, source, opts, h, &plan, prec, chunk_rows, &mut tick, &mut report)?;
+        let r = run_hvg(
+            meta,
+            source,
+            opts,
+            h,
+            &plan,
+            prec,
+            chunk_rows,
+            &mut tick,
+            &mut report,
+        )?;
         hvg_result = Some(r);
     }
     let out_genes: Vec<usize> = match (&hvg_result, &opts.hvg) {
@@ -592,7 +610,9 @@ pub fn preprocess(
                     if s == 0.0 { 1.0 } else { s }
                 });
                 for (&c, &v) in idx.iter().zip(vals) {
-                    let Some(p) = out_pos[c as usize] else { continue };
+                    let Some(p) = out_pos[c as usize] else {
+                        continue;
+                    };
                     o.idx.push(p);
                     o.raw.push(v);
                     let n = match scale {
@@ -668,13 +688,16 @@ pub fn preprocess(
         }
     }
     if target.is_some() {
-        out.layers.insert("X_normed".into(), as_x(b_norm, float_dtype));
+        out.layers
+            .insert("X_normed".into(), as_x(b_norm, float_dtype));
     }
     if opts.log1p {
-        out.layers.insert("X_log1p".into(), as_x(b_log, float_dtype));
+        out.layers
+            .insert("X_log1p".into(), as_x(b_log, float_dtype));
     }
     if let Some(nb) = n_bins {
-        out.layers.insert("X_binned".into(), as_x(b_bin, Dtype::I64));
+        out.layers
+            .insert("X_binned".into(), as_x(b_bin, Dtype::I64));
         out.obsm.insert(
             "bin_edges".into(),
             Element::Dense(DenseArray {
@@ -829,14 +852,23 @@ fn run_hvg(
     source.for_each_chunk(chunk_rows, |ch| {
         let part = chunk_rows_par(
             ch,
-            || ((0..nb).map(|_| hvg::BatchStats::new(nk)).collect::<Vec<_>>(), false),
+            || {
+                (
+                    (0..nb)
+                        .map(|_| hvg::BatchStats::new(nk))
+                        .collect::<Vec<_>>(),
+                    false,
+                )
+            },
             |acc, row, idx, vals| {
                 if !plan.keep_cell[row] {
                     return;
                 }
                 let st = &mut acc.0[codes[row]];
                 for (&c, &v) in idx.iter().zip(vals) {
-                    let Some(p) = plan.gene_pos[c as usize] else { continue };
+                    let Some(p) = plan.gene_pos[c as usize] else {
+                        continue;
+                    };
                     let p = p as usize;
                     let raw = transform(row, v);
                     if raw.fract() != 0.0 {
@@ -898,7 +930,11 @@ fn run_hvg(
             source.for_each_chunk(chunk_rows, |ch| {
                 let part = chunk_rows_par(
                     ch,
-                    || (0..nb).map(|_| (vec![0.0; nk], vec![0.0; nk])).collect::<Vec<_>>(),
+                    || {
+                        (0..nb)
+                            .map(|_| (vec![0.0; nk], vec![0.0; nk]))
+                            .collect::<Vec<_>>()
+                    },
                     |acc, row, idx, vals| {
                         if !plan.keep_cell[row] {
                             return;
@@ -907,7 +943,9 @@ fn run_hvg(
                         let clip = &fits[b].clip;
                         let (s, q) = &mut acc[b];
                         for (&c, &v) in idx.iter().zip(vals) {
-                            let Some(p) = plan.gene_pos[c as usize] else { continue };
+                            let Some(p) = plan.gene_pos[c as usize] else {
+                                continue;
+                            };
                             let p = p as usize;
                             let e = transform(row, v).min(clip[p]);
                             s[p] += e;
@@ -929,7 +967,12 @@ fn run_hvg(
             })?;
             let norm_vars: Vec<Vec<f64>> = (0..nb)
                 .map(|b| {
-                    hvg::seurat_v3_norm_var(&fits[b], stats[b].n_cells, &clipped[b].0, &clipped[b].1)
+                    hvg::seurat_v3_norm_var(
+                        &fits[b],
+                        stats[b].n_cells,
+                        &clipped[b].0,
+                        &clipped[b].1,
+                    )
                 })
                 .collect();
             let mut all = hvg::BatchStats::new(nk);
@@ -951,7 +994,12 @@ fn run_hvg(
                 .iter()
                 .map(|s| hvg::dispersion_table(s, flavor, h.n_bins, n_top, batched))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(hvg::dispersion_combine(&tables, &kept_names, n_top, batched))
+            Ok(hvg::dispersion_combine(
+                &tables,
+                &kept_names,
+                n_top,
+                batched,
+            ))
         }
     }
 }
@@ -1016,7 +1064,10 @@ fn scalar_i64(v: i64) -> Element {
 /// Records what was done in `uns["cellforge"]["preprocess"]`.
 fn add_provenance(out: &mut AnnData, opts: &PreprocessOptions, report: &PreprocessReport) {
     let mut p = Mapping::new();
-    p.insert("tool".into(), Element::String("cellforge preprocess".into()));
+    p.insert(
+        "tool".into(),
+        Element::String("cellforge preprocess".into()),
+    );
     p.insert(
         "version".into(),
         Element::String(env!("CARGO_PKG_VERSION").into()),
@@ -1039,7 +1090,9 @@ fn add_provenance(out: &mut AnnData, opts: &PreprocessOptions, report: &Preproce
         steps.push(format!("filter_cells(min_genes={m})"));
     }
     if let Some(t) = report.target_sum {
-        steps.push(format!("normalize_total(target_sum={t}) -> layers[X_normed]"));
+        steps.push(format!(
+            "normalize_total(target_sum={t}) -> layers[X_normed]"
+        ));
     }
     if opts.log1p {
         steps.push("log1p -> layers[X_log1p]".into());

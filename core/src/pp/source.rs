@@ -91,9 +91,8 @@ impl<'a> Source<'a> {
         let csr = match el {
             Element::Sparse(s) => s.to_format(SparseFormat::Csr),
             Element::Dense(d) if d.shape.len() == 2 => {
-                SparseMatrix::from_dense(d, SparseFormat::Csr).ok_or_else(|| {
-                    PpError::Input(format!("{name} is not a numeric matrix"))
-                })?
+                SparseMatrix::from_dense(d, SparseFormat::Csr)
+                    .ok_or_else(|| PpError::Input(format!("{name} is not a numeric matrix")))?
             }
             other => {
                 return Err(PpError::Input(format!(
@@ -104,7 +103,9 @@ impl<'a> Source<'a> {
         };
         let dtype = csr.data.dtype();
         if dtype == Dtype::Bool {
-            return Err(PpError::Input(format!("{name} holds booleans, not expression")));
+            return Err(PpError::Input(format!(
+                "{name} holds booleans, not expression"
+            )));
         }
         let dense = matches!(el, Element::Dense(_));
         Ok(Source::Memory { csr, dtype, dense })
