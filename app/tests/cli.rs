@@ -298,3 +298,73 @@ fn embed_refuses_bad_models_and_options() {
     }
     assert!(!out.exists(), "no output is written on failure");
 }
+
+/// `cellforge preprocess` with scGPT's tutorial settings on real counts: the output opens in
+/// Python anndata and matches scGPT's Preprocessor + scanpy (genes, normalised and log
+/// values, bin edges); the input is untouched; bad options get one clear line.
+#[test]
+fn preprocess_matches_scgpt_and_reads_in_anndata() {
+    let input = shared_data().join("harmony_pbmc_stim.h5ad");
+    let before = std::fs::read(&input).expect("read input");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("pp.h5ad");
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "preprocess".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--normalize-total".as_ref(),
+        "1e4".as_ref(),
+        "--log1p".as_ref(),
+        "--n-hvg".as_ref(),
+        "1200".as_ref(),
+        "--n-bins".as_ref(),
+        "51".as_ref(),
+    ];
+    let o = cellforge(&args);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("2000 cells x 9015 genes -> 2000 cells x 1200 genes"),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read(&input).expect("read"),
+        before,
+        "input modified"
+    );
+    let gold = repo_root().join("tests/fixtures/pp/harmony_chain_v3.h5ad");
+    let check =
+        cellforge_e2e::run_script("check_preprocess.py", &[out.as_os_str(), gold.as_os_str()]);
+    assert!(check.status.success(), "{}", text(&check));
+
+    let bad = cellforge(&[
+        "preprocess".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--n-hvg".as_ref(),
+        "100".as_ref(),
+        "--hvg-flavor".as_ref(),
+        "seurat_v4".as_ref(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad).contains("--hvg-flavor is seurat_v3, seurat or cell_ranger"),
+        "{}",
+        text(&bad)
+    );
+    let scaled = shared_data().join("pbmc68k_reduced.h5ad");
+    let bad = cellforge(&[
+        "preprocess".as_ref(),
+        scaled.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert!(!bad.status.success());
+    let t = text(&bad);
+    assert!(
+        t.contains("negative value") && !t.contains("panicked"),
+        "{t}"
+    );
+}

@@ -12,6 +12,8 @@
 //! - `BENCH_PP_DIR` (default `<repo>/target/bench-data/pp`, absolute)
 //! - `BENCH_CELLS` / `BENCH_GENES` (default 100000 / 20000): size of the generated input
 //! - `BENCH_N_HVG` (default 1200), `BENCH_BATCH_KEY` (default none; `batch` ranks per batch)
+//! - `BENCH_MEMORY_BUDGET_MB` (default: cellforge's, 0): input kept in memory between
+//!   passes; 0 streams every pass from disk
 //! - `BENCH_RUNS` (default 1): runs per implementation, the median is reported
 //! - `BENCH_SKIP`: `cellforge` or `scgpt` to run one side only
 //! - `CELLFORGE_PYTHON` (default `<repo>/.venv/bin/python`) writes the input;
@@ -59,6 +61,8 @@ fn python(var: &str, default: &str) -> PathBuf {
 
 /// Runs in the child process: the chain end to end, then one JSON line.
 fn child(input: &Path, output: &Path, n_hvg: usize, batch_key: Option<String>) {
+    // as the cellforge binary does at start-up
+    cellforge_core::sys::tune_allocator();
     let t0 = Instant::now();
     let opts = PreprocessOptions {
         normalize_total: Some(TargetSum::Fixed(1e4)),
@@ -72,10 +76,27 @@ fn child(input: &Path, output: &Path, n_hvg: usize, batch_key: Option<String>) {
         }),
         n_bins: Some(51),
         seed: 0,
+        memory_budget: std::env::var("BENCH_MEMORY_BUDGET_MB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(PreprocessOptions::default().memory_budget, |mb| mb << 20),
         ..PreprocessOptions::default()
     };
-    let report = preprocess_to_file(input, output, &opts, &mut |_| ControlFlow::Continue(()))
-        .expect("cellforge preprocess");
+    // Time spent in each pass, on stderr.
+    let mut pass = "";
+    let mut since = Instant::now();
+    let report = preprocess_to_file(input, output, &opts, &mut |p| {
+        if p.pass != pass {
+            if !pass.is_empty() {
+                eprintln!("  {pass}: {:.2} s", since.elapsed().as_secs_f64());
+            }
+            pass = p.pass;
+            since = Instant::now();
+        }
+        ControlFlow::Continue(())
+    })
+    .expect("cellforge preprocess");
+    eprintln!("  {pass} + write: {:.2} s", since.elapsed().as_secs_f64());
     println!(
         "{{\"total_s\": {}, \"peak_rss_kib\": {}, \"cells\": {}, \"genes\": {}}}",
         t0.elapsed().as_secs_f64(),
@@ -179,6 +200,7 @@ fn main() {
                 "cellforge child failed: {}",
                 String::from_utf8_lossy(&o.stderr)
             );
+            eprint!("{}", String::from_utf8_lossy(&o.stderr));
             rs.push(parse(&o.stdout, "cellforge"));
         }
         results.push(("cellforge preprocess", median_run(rs)));

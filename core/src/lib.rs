@@ -18,6 +18,7 @@ pub mod io;
 pub mod model;
 pub mod pp;
 pub mod summary;
+pub mod sys;
 pub mod tl;
 pub mod tokenize;
 pub mod vocab;

@@ -400,6 +400,21 @@ fn same_seed_same_bins_whatever_the_chunking() {
     opts.chunk_rows = 64;
     let b = go(&opts);
     assert_eq!(a.layers.get("X_binned"), b.layers.get("X_binned"));
+    // Passes served from the in-memory cache, or from the file once the cache overflows
+    // its budget, give the same result as streaming every pass.
+    for budget in [1usize << 30, 50_000] {
+        opts.memory_budget = budget;
+        let c = go(&opts);
+        for layer in ["X_normed", "X_log1p", "X_binned"] {
+            assert_eq!(
+                a.layers.get(layer),
+                c.layers.get(layer),
+                "{layer}, budget {budget}"
+            );
+        }
+        assert_eq!(a.var, c.var, "budget {budget}");
+    }
+    opts.memory_budget = 0;
     opts.seed += 1;
     let d = go(&opts);
     assert_ne!(

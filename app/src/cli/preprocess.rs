@@ -59,6 +59,10 @@ pub struct Args {
     /// Seed for the random tie-breaking in binning.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// MiB of the input matrix kept in memory between passes, for slow or network storage
+    /// (0: read the file on every pass, memory stays at a few row chunks plus the output).
+    #[arg(long, default_value_t = 0)]
+    pub memory_budget_mb: usize,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
@@ -101,6 +105,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         hvg,
         n_bins: (args.n_bins > 0).then_some(args.n_bins),
         seed: args.seed,
+        memory_budget: args.memory_budget_mb << 20,
         ..PreprocessOptions::default()
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -1,7 +1,9 @@
 //! Row-chunk access to the matrix being preprocessed, whether it stays on disk (X of a backed
-//! file) or is already in memory (a layer), as CSR chunks with f64 values.
+//! file) or is already in memory (a layer), as CSR chunks. The first pass over a backed file
+//! can keep the chunks in memory, within a budget, so the later passes need not read the
+//! file again; past the budget every pass streams from disk.
 
-use crate::anndata::{Dtype, Element, SparseFormat, SparseMatrix};
+use crate::anndata::{ArrayData, Dtype, Element, SparseFormat, SparseMatrix};
 use crate::io::BackedH5ad;
 
 use super::PpError;
@@ -33,15 +35,92 @@ impl Prec {
     }
 }
 
-/// A block of consecutive rows as CSR with f64 values (exact for every stored dtype but
-/// 64-bit integers beyond 2^53).
-#[derive(Clone, Debug, Default)]
+/// Stored values of a chunk: float32 kept as is, everything else as f64 (exact for every
+/// dtype but 64-bit integers beyond 2^53).
+#[derive(Clone, Debug)]
+pub enum Vals {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+impl Vals {
+    fn len(&self) -> usize {
+        match self {
+            Vals::F32(v) => v.len(),
+            Vals::F64(v) => v.len(),
+        }
+    }
+}
+
+/// A block of consecutive rows as CSR.
+#[derive(Clone, Debug)]
 pub struct Chunk {
     /// Index of the chunk's first row in the matrix.
     pub first_row: usize,
     pub indptr: Vec<usize>,
     pub indices: Vec<u32>,
-    pub values: Vec<f64>,
+    pub values: Vals,
+}
+
+/// One row of a chunk.
+#[derive(Clone, Copy)]
+pub struct Row<'a> {
+    pub idx: &'a [u32],
+    vals: RowVals<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum RowVals<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+impl<'a> Row<'a> {
+    /// `(column, value)` pairs in column order.
+    #[inline]
+    pub fn iter(&self) -> impl Iterator<Item = (u32, f64)> + 'a {
+        let idx = self.idx;
+        let (a, b): (&'a [f32], &'a [f64]) = match self.vals {
+            RowVals::F32(v) => (v, &[]),
+            RowVals::F64(v) => (&[], v),
+        };
+        idx.iter()
+            .zip(a.iter().map(|&x| x as f64).chain(b.iter().copied()))
+            .map(|(&c, v)| (c, v))
+    }
+
+    /// Calls `f(column, value)` for each entry; the loop is specialised per value type.
+    #[inline]
+    pub fn for_each(&self, mut f: impl FnMut(u32, f64)) {
+        match self.vals {
+            RowVals::F32(v) => {
+                for (&c, &x) in self.idx.iter().zip(v) {
+                    f(c, x as f64);
+                }
+            }
+            RowVals::F64(v) => {
+                for (&c, &x) in self.idx.iter().zip(v) {
+                    f(c, x);
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.idx.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.idx.is_empty()
+    }
+
+    /// Sum of the row's values.
+    pub fn sum(&self) -> f64 {
+        match self.vals {
+            RowVals::F32(v) => v.iter().map(|&x| x as f64).sum(),
+            RowVals::F64(v) => v.iter().sum(),
+        }
+    }
 }
 
 impl Chunk {
@@ -49,19 +128,54 @@ impl Chunk {
         self.indptr.len().saturating_sub(1)
     }
 
-    /// Column indices and values of row `r` (chunk-relative).
-    pub fn row(&self, r: usize) -> (&[u32], &[f64]) {
-        let (a, b) = (self.indptr[r], self.indptr[r + 1]);
-        (&self.indices[a..b], &self.values[a..b])
+    pub fn nnz(&self) -> usize {
+        self.values.len()
     }
 
-    fn from_csr(first_row: usize, m: &SparseMatrix, rows: std::ops::Range<usize>) -> Self {
+    /// Row `r` (chunk-relative).
+    #[inline]
+    pub fn row(&self, r: usize) -> Row<'_> {
+        let (a, b) = (self.indptr[r], self.indptr[r + 1]);
+        Row {
+            idx: &self.indices[a..b],
+            vals: match &self.values {
+                Vals::F32(v) => RowVals::F32(&v[a..b]),
+                Vals::F64(v) => RowVals::F64(&v[a..b]),
+            },
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        let v = match &self.values {
+            Vals::F32(v) => v.len() * 4,
+            Vals::F64(v) => v.len() * 8,
+        };
+        v + self.indices.len() * 4 + self.indptr.len() * 8
+    }
+
+    /// Takes a whole CSR matrix (a chunk read from disk) without copying its arrays.
+    fn from_owned_csr(first_row: usize, m: SparseMatrix) -> Self {
+        let values = match m.data {
+            ArrayData::F32(v) => Vals::F32(v),
+            ArrayData::F64(v) => Vals::F64(v),
+            other => Vals::F64(other.to_f64_vec()),
+        };
+        Chunk {
+            first_row,
+            indptr: m.indptr.iter().map(|&p| p as usize).collect(),
+            indices: m.indices,
+            values,
+        }
+    }
+
+    /// Rows `rows` of an in-memory CSR matrix.
+    fn from_csr_rows(first_row: usize, m: &SparseMatrix, rows: std::ops::Range<usize>) -> Self {
         let a = m.indptr[rows.start] as usize;
         let b = m.indptr[rows.end] as usize;
         let values = match &m.data {
-            crate::anndata::ArrayData::F64(v) => v[a..b].to_vec(),
-            crate::anndata::ArrayData::F32(v) => v[a..b].iter().map(|&x| x as f64).collect(),
-            other => other.gather(&(a..b).collect::<Vec<_>>()).to_f64_vec(),
+            ArrayData::F32(v) => Vals::F32(v[a..b].to_vec()),
+            ArrayData::F64(v) => Vals::F64(v[a..b].to_vec()),
+            other => Vals::F64(other.gather(&(a..b).collect::<Vec<_>>()).to_f64_vec()),
         };
         Chunk {
             first_row,
@@ -125,8 +239,7 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Whether the stored matrix is dense (scanpy's normalisation differs there, see
-    /// [`super::normalize_totals_target`]).
+    /// Whether the stored matrix is dense (scanpy's median target differs there).
     pub fn is_dense(&self) -> bool {
         match self {
             Source::Backed(b) => b.layout_name() == "dense",
@@ -134,24 +247,99 @@ impl<'a> Source<'a> {
         }
     }
 
-    /// Calls `f` on each chunk of `chunk_rows` rows, in order.
-    pub fn for_each_chunk(
-        &self,
-        chunk_rows: usize,
+    fn read(&self, r0: usize, r1: usize) -> Result<Chunk, PpError> {
+        Ok(match self {
+            Source::Backed(b) => Chunk::from_owned_csr(r0, b.read_rows(r0..r1)?.into_csr()),
+            Source::Memory { csr, .. } => Chunk::from_csr_rows(r0, csr, r0..r1),
+        })
+    }
+}
+
+/// Repeated passes over a source: the first pass may fill an in-memory cache (backed
+/// sources only, up to `budget` bytes) that later passes read instead of the file.
+pub struct Passes<'s, 'a> {
+    source: &'s Source<'a>,
+    chunk_rows: usize,
+    budget: usize,
+    cache: Option<Vec<Chunk>>,
+    cache_full: bool,
+}
+
+impl<'s, 'a> Passes<'s, 'a> {
+    pub fn new(source: &'s Source<'a>, chunk_rows: usize, budget: usize) -> Self {
+        Self {
+            source,
+            chunk_rows: chunk_rows.max(1),
+            budget,
+            cache: None,
+            cache_full: false,
+        }
+    }
+
+    /// Whether the matrix is held in memory for the following passes.
+    pub fn cached(&self) -> bool {
+        self.cache_full
+    }
+
+    /// Calls `f` on each chunk in order. While reading the next chunk from disk, the
+    /// current one is processed (one chunk of read-ahead).
+    pub fn for_each(
+        &mut self,
         mut f: impl FnMut(&Chunk) -> Result<(), PpError>,
     ) -> Result<(), PpError> {
-        let n = self.shape()[0];
-        let step = chunk_rows.max(1);
-        for r0 in (0..n).step_by(step) {
-            let r1 = (r0 + step).min(n);
-            let chunk = match self {
-                Source::Backed(b) => {
-                    let csr = b.read_rows(r0..r1)?.into_csr();
-                    Chunk::from_csr(r0, &csr, 0..csr.shape[0])
-                }
-                Source::Memory { csr, .. } => Chunk::from_csr(r0, csr, r0..r1),
+        if self.cache_full
+            && let Some(cache) = &self.cache
+        {
+            for ch in cache {
+                f(ch)?;
+            }
+            return Ok(());
+        }
+        let n = self.source.shape()[0];
+        let step = self.chunk_rows;
+        let fill = self.cache.is_none() && matches!(self.source, Source::Backed(_));
+        let mut cache: Vec<Chunk> = Vec::new();
+        let mut bytes = 0usize;
+        let mut caching = fill && self.budget > 0;
+        let starts: Vec<usize> = (0..n).step_by(step).collect();
+        let source = self.source;
+        std::thread::scope(|scope| -> Result<(), PpError> {
+            let mut pending: Option<std::thread::ScopedJoinHandle<'_, Result<Chunk, PpError>>> =
+                None;
+            let spawn = |r0: usize| {
+                let r1 = (r0 + step).min(n);
+                scope.spawn(move || source.read(r0, r1))
             };
-            f(&chunk)?;
+            if let Some(&r0) = starts.first() {
+                pending = Some(spawn(r0));
+            }
+            for k in 0..starts.len() {
+                let handle = pending.take();
+                let chunk = match handle {
+                    Some(h) => h
+                        .join()
+                        .map_err(|_| PpError::Input("a reader thread failed".into()))??,
+                    None => break,
+                };
+                if let Some(&next) = starts.get(k + 1) {
+                    pending = Some(spawn(next));
+                }
+                f(&chunk)?;
+                if caching {
+                    bytes += chunk.bytes();
+                    if bytes > self.budget {
+                        caching = false;
+                        cache = Vec::new();
+                    } else {
+                        cache.push(chunk);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        if fill {
+            self.cache_full = caching;
+            self.cache = Some(if caching { cache } else { Vec::new() });
         }
         Ok(())
     }
