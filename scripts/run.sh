@@ -30,3 +30,7 @@ demo=assets/demo/pbmcs_small.h5ad
 out=$(mktemp -d)/demo-converted.h5ad
 "$bin" convert "$demo" --output "$out" --compression gzip
 "$bin" inspect "$out"
+# scGPT's preprocessing of the demo's raw counts (per-donor highly variable genes, bins).
+pp=$(dirname "$out")/demo-preprocessed.h5ad
+"$bin" preprocess "$demo" --output "$pp" --layer counts --log1p --n-hvg 500 --batch-key donor
+"$bin" inspect "$pp"

@@ -64,6 +64,13 @@ impl GeneMatch {
     }
 }
 
+/// `ENSG00000141510` for `ENSG00000141510.16` (any `ENS*` id with a numeric version).
+fn unversioned_ensembl(g: &str) -> Option<&str> {
+    let (id, version) = g.rsplit_once('.')?;
+    (id.starts_with("ENS") && !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(id)
+}
+
 impl GeneVocab {
     /// Build from tokens in id order.
     pub fn from_tokens(tokens: Vec<String>) -> Result<Self, String> {
@@ -179,7 +186,9 @@ impl GeneVocab {
             let id = if SPECIAL_TOKENS.contains(&g.as_str()) {
                 None
             } else {
+                // Ensembl ids with a version ("ENSG00000141510.16") match the unversioned id.
                 self.id(g)
+                    .or_else(|| unversioned_ensembl(g).and_then(|u| self.id(u)))
             };
             if id.is_none() {
                 unmatched.push(g.clone());
@@ -235,5 +244,21 @@ mod tests {
         assert!(GeneVocab::from_json_str("[1,2]", "v").is_err());
         assert!(GeneVocab::from_json_str("{}", "v").is_err());
         assert!(GeneVocab::from_json_str("{", "v").is_err());
+    }
+
+    #[test]
+    fn versioned_ensembl_ids_match_unversioned_tokens() {
+        let v = GeneVocab::from_tokens(vec!["ENSG00000141510".into(), "TP53".into()]).unwrap();
+        let m = v.match_genes(&[
+            "ENSG00000141510.16".into(),
+            "TP53".into(),
+            "TP53.1".into(),
+            "ENSG00000141510.x".into(),
+        ]);
+        assert_eq!(m.ids, vec![Some(0), Some(1), None, None]);
+        assert_eq!(
+            m.unmatched,
+            vec!["TP53.1".to_string(), "ENSG00000141510.x".to_string()]
+        );
     }
 }

@@ -209,3 +209,48 @@ fn cancellation_stops_the_run() {
     .unwrap_err();
     assert!(matches!(err, PpError::Cancelled));
 }
+
+#[test]
+fn preprocessing_a_layer_keeps_x() {
+    // symphony: X is log-normalised, layers["counts"] the counts.
+    let p = shared_data().join("symphony_pbmcs_small.h5ad");
+    let opts = PreprocessOptions {
+        layer: Some("counts".into()),
+        ..PreprocessOptions::default()
+    };
+    let out = run(&p, &opts).unwrap();
+    let x = out.x.as_ref().expect("X is carried over");
+    assert_eq!(x.shape(), Some(vec![1200, 1767]));
+    assert!(out.layers.contains_key("counts"));
+    assert!(out.layers.contains_key("X_binned"));
+    let orig = read_h5ad(&p).unwrap();
+    assert_eq!(
+        orig.x.as_ref(),
+        Some(x),
+        "X unchanged when a layer is processed"
+    );
+}
+
+/// scanpy (scikit-misc) stops with "There are other near singularities" on the symphony
+/// counts per donor (hundreds of genes with exactly one count in a batch share one mean).
+/// cellforge widens the LOESS span for that batch and says so.
+#[test]
+fn undefined_loess_fit_widens_the_span_with_a_note() {
+    let p = shared_data().join("symphony_pbmcs_small.h5ad");
+    let opts = PreprocessOptions {
+        layer: Some("counts".into()),
+        hvg: Some(HvgOptions {
+            n_top_genes: 500,
+            batch_key: Some("donor".into()),
+            ..HvgOptions::default()
+        }),
+        ..PreprocessOptions::default()
+    };
+    let (out, report) = preprocess_file(&p, &opts, &mut |_| ControlFlow::Continue(())).unwrap();
+    assert_eq!(out.n_vars(), 500);
+    assert!(
+        report.notes.iter().any(|n| n.contains("used span 0.50")),
+        "{:?}",
+        report.notes
+    );
+}

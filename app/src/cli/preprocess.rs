@@ -53,6 +53,10 @@ pub struct Args {
     /// cell_ranger on raw counts).
     #[arg(long)]
     pub hvg_on_log1p: bool,
+    /// LOESS span of seurat_v3 (scanpy's default 0.3; widened automatically, with a note,
+    /// where the fit is undefined).
+    #[arg(long, default_value_t = 0.3)]
+    pub hvg_span: f64,
     /// scGPT value bins per cell (0 = not expressed); `0` skips binning.
     #[arg(long, default_value_t = 51)]
     pub n_bins: usize,
@@ -91,6 +95,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             batch_key: args.batch_key.clone(),
             subset: !args.hvg_mark_only,
             on_log1p: args.hvg_on_log1p,
+            span: args.hvg_span,
             ..HvgOptions::default()
         }),
     };
@@ -156,6 +161,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if report.hvg_non_integer && args.hvg_flavor == "seurat_v3" && !args.hvg_on_log1p {
         eprintln!("warning: seurat_v3 expects raw counts, but non-integer values were found");
+    }
+    for note in &report.notes {
+        eprintln!("note: {note}");
     }
     if !report.dropped.is_empty() {
         eprintln!(

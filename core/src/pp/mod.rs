@@ -160,6 +160,8 @@ pub struct PreprocessReport {
     pub looks_logged: bool,
     /// Elements dropped because they could not be subset.
     pub dropped: Vec<String>,
+    /// Things the user should know (e.g. a widened LOESS span).
+    pub notes: Vec<String>,
 }
 
 /// Progress: which pass, rows done of total.
@@ -302,7 +304,15 @@ pub fn preprocess_file(
     opts: &PreprocessOptions,
     progress: &mut dyn FnMut(PpProgress) -> std::ops::ControlFlow<()>,
 ) -> Result<(AnnData, PreprocessReport), PpError> {
-    let (meta, backed, _warnings) = crate::io::read_h5ad_backed(path)?;
+    let (mut meta, backed, _warnings) = crate::io::read_h5ad_backed(path)?;
+    if opts.layer.is_some() && backed.layout_name() != "absent" {
+        // Processing a layer: X is carried into the output (cut like everything else).
+        let x = match backed.read_rows(0..backed.shape()[0])? {
+            crate::io::RowChunk::Sparse(s) => Element::Sparse(s),
+            crate::io::RowChunk::Dense(d) => Element::Dense(d),
+        };
+        meta.x = Some(x);
+    }
     let source = match &opts.layer {
         None => {
             if backed.layout_name() == "absent" {
@@ -939,10 +949,34 @@ fn run_hvg(
     match flavor {
         HvgFlavor::SeuratV3 => {
             report.hvg_non_integer = non_integer;
-            let fits = stats
-                .iter()
-                .map(|s| hvg::seurat_v3_fit(s, h.span))
-                .collect::<Result<Vec<_>, _>>()?;
+            // scanpy (scikit-misc) fails outright when the LOESS neighbourhood at some gene
+            // mean holds a single distinct value, e.g. a small batch where hundreds of genes
+            // have exactly one count. Rather than stop, widen the span until the fit is
+            // defined, and say so; where scanpy succeeds the numbers are scanpy's.
+            let mut fits = Vec::with_capacity(nb);
+            for (s, name) in stats.iter().zip(&batch_names) {
+                let mut span = h.span;
+                let fit = loop {
+                    match hvg::seurat_v3_fit(s, span) {
+                        Ok(f) => break f,
+                        Err(e) if span < 1.0 => {
+                            let next = (span + 0.2).min(1.0);
+                            let why = match &e {
+                                PpError::Hvg(m) => m.clone(),
+                                other => other.to_string(),
+                            };
+                            report.notes.push(format!(
+                                "seurat_v3 in batch \"{name}\": the LOESS fit with span \
+                                 {span:.2} is undefined ({why}); used span {next:.2} (scanpy \
+                                 stops with an error here)"
+                            ));
+                            span = next;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                fits.push(fit);
+            }
             let mut clipped: Vec<(Vec<f64>, Vec<f64>)> =
                 (0..nb).map(|_| (vec![0.0; nk], vec![0.0; nk])).collect();
             passes.for_each(|ch| {
@@ -1145,6 +1179,12 @@ fn add_provenance(out: &mut AnnData, opts: &PreprocessOptions, report: &Preproce
     );
     if let Some(t) = report.target_sum {
         p.insert("target_sum".into(), scalar_f64(t));
+    }
+    if !report.notes.is_empty() {
+        p.insert(
+            "notes".into(),
+            Element::Strings(crate::anndata::StringArray::from_vec(report.notes.clone())),
+        );
     }
     let mut root = match out.uns.remove("cellforge") {
         Some(Element::Mapping(m)) => m,
