@@ -374,6 +374,98 @@ pub fn rank_value_order(
     scored.into_iter().map(|(g, _)| g).collect()
 }
 
+/// A gene dictionary file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum GeneDictError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: String, message: String },
+}
+
+/// Geneformer's per-gene medians (the non-zero median of each gene's normalised expression
+/// over its pretraining corpus, keyed by Ensembl id), read from a JSON object
+/// `{"ENSG...": median}` or a two-column TSV/CSV (`gene<TAB>median`, an optional header).
+/// Geneformer ships them as a Python pickle; cellforge does not execute pickles, so convert
+/// once (`json.dump({k: float(v) for k, v in d.items()}, f)`).
+pub fn load_gene_medians(
+    path: &std::path::Path,
+) -> Result<std::collections::HashMap<String, f64>, GeneDictError> {
+    let p = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| GeneDictError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    let bad = |message: String| GeneDictError::Format {
+        path: p.clone(),
+        message,
+    };
+    let mut out = std::collections::HashMap::new();
+    if text.trim_start().starts_with('{') {
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| bad("expected a JSON object {gene: median}".into()))?;
+        for (k, v) in obj {
+            let m = v
+                .as_f64()
+                .ok_or_else(|| bad(format!("the median of {k} is not a number")))?;
+            out.insert(k.clone(), m);
+        }
+    } else {
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut parts = line.split(['\t', ',']);
+            let (Some(g), Some(m)) = (parts.next(), parts.next()) else {
+                return Err(bad(format!("line {} has no second column", i + 1)));
+            };
+            match m.trim().parse::<f64>() {
+                Ok(m) => {
+                    out.insert(g.trim().to_string(), m);
+                }
+                Err(_) if i == 0 => {} // header
+                Err(_) => return Err(bad(format!("line {}: {m:?} is not a number", i + 1))),
+            }
+        }
+    }
+    if let Some((g, m)) = out.iter().find(|(_, m)| !m.is_finite() || **m <= 0.0) {
+        return Err(bad(format!(
+            "the median of {g} is {m}; medians must be positive"
+        )));
+    }
+    if out.is_empty() {
+        return Err(bad("no genes".into()));
+    }
+    Ok(out)
+}
+
+/// The median of each dataset gene (`None` when the dictionary lacks it); versioned Ensembl
+/// ids (`ENSG....16`) fall back to the unversioned id.
+pub fn medians_for(
+    genes: &[String],
+    medians: &std::collections::HashMap<String, f64>,
+) -> Vec<Option<f64>> {
+    genes
+        .iter()
+        .map(|g| {
+            medians.get(g).copied().or_else(|| {
+                g.rsplit_once('.')
+                    .filter(|(id, v)| {
+                        id.starts_with("ENS") && v.bytes().all(|b| b.is_ascii_digit())
+                    })
+                    .and_then(|(id, _)| medians.get(id).copied())
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -490,5 +582,28 @@ mod tests {
         );
         let no_dict = [None, Some(1.0), None, None];
         assert_eq!(rank_value_order(&counts, 17.0, &no_dict, 1e4, 10), vec![1]);
+    }
+
+    #[test]
+    fn gene_medians_from_json_and_tsv() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("m.json");
+        std::fs::write(&j, r#"{"ENSG1": 2.5, "ENSG2": 0.5}"#).unwrap();
+        let m = load_gene_medians(&j).unwrap();
+        let t = dir.path().join("m.tsv");
+        std::fs::write(&t, "gene\tmedian\nENSG1\t2.5\nENSG2\t0.5\n").unwrap();
+        assert_eq!(load_gene_medians(&t).unwrap(), m);
+        let genes = vec![
+            "ENSG1.7".to_string(),
+            "ENSG3".to_string(),
+            "ENSG2".to_string(),
+        ];
+        assert_eq!(medians_for(&genes, &m), vec![Some(2.5), None, Some(0.5)]);
+        std::fs::write(&j, r#"{"ENSG1": -1}"#).unwrap();
+        let e = load_gene_medians(&j).unwrap_err().to_string();
+        assert!(e.contains("medians must be positive"), "{e}");
+        std::fs::write(&t, "ENSG1\t2\nENSG2\tx\n").unwrap();
+        let e = load_gene_medians(&t).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
     }
 }

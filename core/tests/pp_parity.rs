@@ -482,3 +482,33 @@ fn tokenize_and_pad_like_scgpt() {
         assert_eq!(batch.values, want_values, "{key}: values");
     }
 }
+
+/// The same counts stored as CSR, CSC or dense give the same output.
+#[test]
+fn csr_csc_and_dense_inputs_agree() {
+    use cellforge_core::io::{WriteOptions, XFormat, write_h5ad};
+    let c = case("raw_chain_v3_batch");
+    let opts = options_for(&c);
+    let src = input_path("raw_counts");
+    let adata = read_h5ad(&src).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let go = |p: &Path| {
+        preprocess_file(p, &opts, &mut |_| ControlFlow::Continue(()))
+            .unwrap()
+            .0
+    };
+    let base = go(&src);
+    for (name, fmt) in [("csc.h5ad", XFormat::Csc), ("dense.h5ad", XFormat::Dense)] {
+        let p = dir.path().join(name);
+        write_h5ad(&adata, &p, &WriteOptions::with_x_format(fmt)).unwrap();
+        let other = go(&p);
+        assert_eq!(base.var, other.var, "{name}: var");
+        for layer in ["X_normed", "X_log1p", "X_binned"] {
+            assert_eq!(
+                base.layers.get(layer),
+                other.layers.get(layer),
+                "{name}: {layer}"
+            );
+        }
+    }
+}

@@ -314,14 +314,20 @@ pub fn preprocess_file(
         meta.x = Some(x);
     }
     let source = match &opts.layer {
-        None => {
-            if backed.layout_name() == "absent" {
-                return Err(PpError::Input(
-                    "the file has no X; pass --layer to preprocess a layer".into(),
-                ));
-            }
-            Source::Backed(&backed)
+        None if backed.layout_name() == "absent" => {
+            return Err(PpError::Input(
+                "the file has no X; pass --layer to preprocess a layer".into(),
+            ));
         }
+        // Row chunks of a CSC matrix each scan the whole matrix: read it once instead.
+        None if backed.layout_name() == "csc" => {
+            let x = match backed.read_rows(0..backed.shape()[0])? {
+                crate::io::RowChunk::Sparse(s) => Element::Sparse(s),
+                crate::io::RowChunk::Dense(d) => Element::Dense(d),
+            };
+            Source::from_element(&x, "X")?
+        }
+        None => Source::Backed(&backed),
         Some(name) => {
             let el = meta.layers.get(name).ok_or_else(|| {
                 let names: Vec<&str> = meta.layers.keys().map(|s| s.as_str()).collect();
