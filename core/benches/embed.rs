@@ -39,6 +39,8 @@
 //! - `CELLFORGE_REF_PYTHON` (default `<repo>/.venv-ref/bin/python`, made by
 //!   `scripts/reference/setup.sh`)
 
+mod common;
+
 use std::fmt::Write as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -49,36 +51,7 @@ use cellforge_core::device::Cpu;
 use cellforge_core::io::BackedH5ad;
 use cellforge_core::model::ModelFiles;
 use cellforge_core::tl::embed::{EmbedOptions, embed_backed};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number")),
-        Err(_) => default,
-    }
-}
-
-fn peak_rss_kib() -> u64 {
-    status_field("VmHWM:")
-}
-
-fn status_field(key: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use common::{env_usize, peak_rss_kib, repo};
 
 /// CPU seconds (user + system) of this process (`self_`) or of its waited-for children,
 /// from /proc/self/stat (clock ticks; 100 per second on Linux).

@@ -8,24 +8,15 @@
 //! the crate folder, so relative paths resolve there), `BENCH_RUNS=n` (default 3),
 //! `BENCH_CHUNK_ROWS=n` (default 10000), `CELLFORGE_PYTHON=python with anndata`.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use cellforge_core::anndata::Element;
 use cellforge_core::io::{BackedH5ad, read_h5ad};
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use common::peak_rss_kib;
 
 /// Child mode: do one read and print "seconds peak_kib checksum".
 fn child(mode: &str, path: &Path, chunk_rows: usize) {

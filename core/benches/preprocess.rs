@@ -19,39 +19,15 @@
 //! - `CELLFORGE_PYTHON` (default `<repo>/.venv/bin/python`) writes the input;
 //!   `CELLFORGE_REF_PYTHON` (default `<repo>/.venv-ref/bin/python`) runs the reference
 
+mod common;
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use cellforge_core::pp::{HvgFlavor, HvgOptions, PreprocessOptions, TargetSum, preprocess_to_file};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .map(|v| {
-            v.trim()
-                .parse()
-                .unwrap_or_else(|_| panic!("{name}={v:?} is not a whole number"))
-        })
-        .unwrap_or(default)
-}
-
-fn peak_rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use common::{env_usize, peak_rss_kib, repo};
 
 fn python(var: &str, default: &str) -> PathBuf {
     std::env::var_os(var)

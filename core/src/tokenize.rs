@@ -456,11 +456,7 @@ pub fn medians_for(
         .iter()
         .map(|g| {
             medians.get(g).copied().or_else(|| {
-                g.rsplit_once('.')
-                    .filter(|(id, v)| {
-                        id.starts_with("ENS") && v.bytes().all(|b| b.is_ascii_digit())
-                    })
-                    .and_then(|(id, _)| medians.get(id).copied())
+                crate::vocab::unversioned_ensembl(g).and_then(|id| medians.get(id).copied())
             })
         })
         .collect()

@@ -65,7 +65,7 @@ impl GeneMatch {
 }
 
 /// `ENSG00000141510` for `ENSG00000141510.16` (any `ENS*` id with a numeric version).
-fn unversioned_ensembl(g: &str) -> Option<&str> {
+pub(crate) fn unversioned_ensembl(g: &str) -> Option<&str> {
     let (id, version) = g.rsplit_once('.')?;
     (id.starts_with("ENS") && !version.is_empty() && version.bytes().all(|b| b.is_ascii_digit()))
         .then_some(id)

@@ -182,8 +182,8 @@ fn ranks_desc(v: &[f64]) -> Vec<f32> {
     rank
 }
 
-/// Median of finite values (NumPy's: mean of the two middle values), NaN when none.
-fn median(mut v: Vec<f64>) -> f64 {
+/// Median of the non-NaN values (NumPy's: mean of the two middle values), NaN when none.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.retain(|x| !x.is_nan());
     if v.is_empty() {
         return f64::NAN;

@@ -298,6 +298,14 @@ struct Plan {
     totals: Vec<f64>,
 }
 
+/// The backed matrix read whole into memory.
+fn whole_matrix(backed: &crate::io::BackedH5ad) -> Result<Element, PpError> {
+    Ok(match backed.read_rows(0..backed.shape()[0])? {
+        crate::io::RowChunk::Sparse(s) => Element::Sparse(s),
+        crate::io::RowChunk::Dense(d) => Element::Dense(d),
+    })
+}
+
 /// Runs the chain on `path` and returns the output AnnData (not yet written) and a report.
 pub fn preprocess_file(
     path: &Path,
@@ -307,11 +315,7 @@ pub fn preprocess_file(
     let (mut meta, backed, _warnings) = crate::io::read_h5ad_backed(path)?;
     if opts.layer.is_some() && backed.layout_name() != "absent" {
         // Processing a layer: X is carried into the output (cut like everything else).
-        let x = match backed.read_rows(0..backed.shape()[0])? {
-            crate::io::RowChunk::Sparse(s) => Element::Sparse(s),
-            crate::io::RowChunk::Dense(d) => Element::Dense(d),
-        };
-        meta.x = Some(x);
+        meta.x = Some(whole_matrix(&backed)?);
     }
     let source = match &opts.layer {
         None if backed.layout_name() == "absent" => {
@@ -321,11 +325,7 @@ pub fn preprocess_file(
         }
         // Row chunks of a CSC matrix each scan the whole matrix: read it once instead.
         None if backed.layout_name() == "csc" => {
-            let x = match backed.read_rows(0..backed.shape()[0])? {
-                crate::io::RowChunk::Sparse(s) => Element::Sparse(s),
-                crate::io::RowChunk::Dense(d) => Element::Dense(d),
-            };
-            Source::from_element(&x, "X")?
+            Source::from_element(&whole_matrix(&backed)?, "X")?
         }
         None => Source::Backed(&backed),
         Some(name) => {
@@ -555,7 +555,7 @@ pub fn preprocess(
                 .map(|&c| totals[c])
                 .filter(|&t| !source.is_dense() || t > 0.0)
                 .collect();
-            Some(prec.r(numpy_median(vals)))
+            Some(prec.r(hvg::median(vals)))
         }
     };
     report.target_sum = target;
@@ -794,20 +794,6 @@ pub fn preprocess(
 #[inline]
 fn is_whole(v: f64) -> bool {
     v.abs() >= 9.0e15 || (v as i64) as f64 == v
-}
-
-/// NumPy's median (mean of the two middle values).
-fn numpy_median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 #[allow(clippy::too_many_arguments)]
