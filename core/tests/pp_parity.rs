@@ -503,6 +503,19 @@ fn csr_csc_and_dense_inputs_agree() {
         write_h5ad(&adata, &p, &WriteOptions::with_x_format(fmt)).unwrap();
         let other = go(&p);
         assert_eq!(base.var, other.var, "{name}: var");
+        let x = other.x.as_ref().unwrap();
+        match fmt {
+            XFormat::Dense => assert!(matches!(x, Element::Dense(_)), "dense X stays dense"),
+            _ => assert_eq!(
+                x.take_axis(0, &[0, 1, 2]).map(|e| dense(&e)),
+                base.x
+                    .as_ref()
+                    .unwrap()
+                    .take_axis(0, &[0, 1, 2])
+                    .map(|e| dense(&e)),
+                "{name}: X values"
+            ),
+        }
         for layer in ["X_normed", "X_log1p", "X_binned"] {
             assert_eq!(
                 base.layers.get(layer),

@@ -573,7 +573,6 @@ pub fn preprocess(
             meta,
             &mut passes,
             source,
-            opts,
             h,
             &plan,
             prec,
@@ -708,7 +707,13 @@ pub fn preprocess(
         Prec::F64 => Dtype::F64,
     };
     let as_x = |b: CsrBuilder, dtype: Dtype| b.finish(kept_cells.len(), dtype);
-    let x_mat = as_x(b_x, keep_x_dtype);
+    let mut x_mat = as_x(b_x, keep_x_dtype);
+    // The processed matrix keeps its storage: dense stays dense.
+    if source.is_dense()
+        && let Element::Sparse(s) = &x_mat
+    {
+        x_mat = Element::Dense(s.to_dense());
+    }
     match &opts.layer {
         None => out.x = Some(x_mat),
         Some(l) => {
@@ -801,7 +806,6 @@ fn run_hvg(
     meta: &AnnData,
     passes: &mut Passes<'_, '_>,
     source: &Source<'_>,
-    opts: &PreprocessOptions,
     h: &HvgOptions,
     plan: &Plan,
     prec: Prec,
@@ -819,10 +823,7 @@ fn run_hvg(
     };
     let nb = batch_names.len();
     // The values HVG looks at: the input, or log1p(normalised input).
-    let target = match opts.normalize_total {
-        Some(TargetSum::Fixed(_)) | Some(TargetSum::Median) => report.target_sum,
-        None => None,
-    };
+    let target = report.target_sum;
     let transform = |cell: usize, v: f64| -> f64 {
         if !h.on_log1p {
             return v;
