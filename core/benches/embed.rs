@@ -250,6 +250,25 @@ fn prepare(model_dir: &Path, data: &[(PathBuf, usize)], genes: usize) {
 /// Run one of the script's measurements (`encoder` or `embed`) in its own process, the way
 /// the script's own driver does, and return its JSON record.
 #[allow(clippy::too_many_arguments)]
+/// A result row from one `torch_measure` record.
+fn torch_row(
+    name: String,
+    cells: usize,
+    note: String,
+    (rec, wall, cpu, other): (serde_json::Value, f64, f64, f64),
+) -> Row {
+    Row {
+        name,
+        cells,
+        tokens: rec["tokens"].as_u64().unwrap_or(0) as usize,
+        seconds: rec["seconds"].as_f64().unwrap_or(0.0),
+        peak_mib: rec["peak_rss_mib"].as_f64().unwrap_or(0.0),
+        cpu_util: cpu / wall,
+        other_load: other,
+        note,
+    }
+}
+
 fn torch_measure(
     what: &str,
     model_dir: &Path,
@@ -446,22 +465,19 @@ fn main() {
 
     let mut torch_enc: Option<Row> = None;
     if !skip.contains(&"torch-encoder") {
-        let (rec, wall, cpu, other) = torch_measure(
+        let measured = torch_measure(
             "encoder", &model_dir, &data, cells, genes, threads, batch, ed_batch,
         );
-        let row = Row {
-            name: format!("torch-encoder ({threads} threads)"),
+        let note = format!(
+            "model._encode, inference_mode, torch {}; load + warm-up excluded",
+            measured.0["torch"].as_str().unwrap_or("?")
+        );
+        let row = torch_row(
+            format!("torch-encoder ({threads} threads)"),
             cells,
-            tokens: rec["tokens"].as_u64().unwrap_or(0) as usize,
-            seconds: rec["seconds"].as_f64().unwrap_or(0.0),
-            peak_mib: rec["peak_rss_mib"].as_f64().unwrap_or(0.0),
-            cpu_util: cpu / wall,
-            other_load: other,
-            note: format!(
-                "model._encode, inference_mode, torch {}; load + warm-up excluded",
-                rec["torch"].as_str().unwrap_or("?")
-            ),
-        };
+            note,
+            measured,
+        );
         torch_enc = Some(row.clone());
         rows.push(row);
     }
@@ -469,26 +485,23 @@ fn main() {
     let mut embed_data: Option<Row> = None;
     if ed_cells > 0 && !skip.contains(&"embed_data") {
         let path = if ed_cells == cells { &data } else { &ed_data };
-        let (rec, wall, cpu, other) = torch_measure(
+        let measured = torch_measure(
             "embed", &model_dir, path, ed_cells, genes, threads, batch, ed_batch,
         );
-        let row = Row {
-            name: format!("scgpt embed_data ({threads} threads)"),
-            cells: ed_cells,
-            tokens: rec["tokens"].as_u64().unwrap_or(0) as usize,
-            seconds: rec["seconds"].as_f64().unwrap_or(0.0),
-            peak_mib: rec["peak_rss_mib"].as_f64().unwrap_or(0.0),
-            cpu_util: cpu / wall,
-            other_load: other,
-            note: format!(
-                "end to end, batch_size {ed_batch}{}",
-                if ed_cells < cells {
-                    format!(", first {ed_cells} of the {cells} cells")
-                } else {
-                    String::new()
-                }
-            ),
-        };
+        let note = format!(
+            "end to end, batch_size {ed_batch}{}",
+            if ed_cells < cells {
+                format!(", first {ed_cells} of the {cells} cells")
+            } else {
+                String::new()
+            }
+        );
+        let row = torch_row(
+            format!("scgpt embed_data ({threads} threads)"),
+            ed_cells,
+            note,
+            measured,
+        );
         embed_data = Some(row.clone());
         rows.push(row);
         // cellforge end to end on exactly the embed_data file, for a like-for-like ratio.

@@ -4,7 +4,7 @@
 //! write.
 //!
 //! Run: `cargo bench -p cellforge-core --bench preprocess`. The first run writes the input
-//! with `scripts/bench/make_pp_bench_h5ad.py` (100,000 cells x 20,000 genes, Poisson counts
+//! with `scripts/bench/make_bench_h5ad.py --counts poisson` (100,000 cells x 20,000 genes, Poisson counts
 //! with lognormal gene means, ~1.2 GB). The Python side is
 //! `scripts/reference/bench_pp_reference.py` in the reference venv.
 //!
@@ -139,8 +139,9 @@ fn main() {
     if !input.exists() {
         eprintln!("writing {} ...", input.display());
         let st = Command::new(python("CELLFORGE_PYTHON", ".venv/bin/python"))
-            .arg(repo().join("scripts/bench/make_pp_bench_h5ad.py"))
+            .arg(repo().join("scripts/bench/make_bench_h5ad.py"))
             .arg(&input)
+            .args(["--counts", "poisson"])
             .args(["--cells", &cells.to_string(), "--genes", &genes.to_string()])
             .status()
             .expect("run the generator");

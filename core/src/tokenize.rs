@@ -86,19 +86,50 @@ pub enum ValuePrecision {
     F64,
 }
 
-/// NumPy `np.linspace(0, 1, num)` for `num >= 2`.
-fn linspace01(num: usize) -> Vec<f64> {
+impl ValuePrecision {
+    /// The precision scanpy and NumPy compute in for stored values of `dtype`: float64 stays
+    /// float64; float32 and integers (scanpy casts integers to float32 to normalise) are
+    /// float32.
+    pub fn of(dtype: crate::anndata::Dtype) -> Self {
+        if dtype == crate::anndata::Dtype::F64 {
+            Self::F64
+        } else {
+            Self::F32
+        }
+    }
+
+    /// Rounds `v` to this precision.
+    #[inline]
+    pub fn round(self, v: f64) -> f64 {
+        match self {
+            Self::F32 => v as f32 as f64,
+            Self::F64 => v,
+        }
+    }
+}
+
+/// NumPy `np.linspace(start, stop, num)` (endpoint included) for `num >= 2`, computed the
+/// way NumPy does (`i * step + start`, the last value set to `stop`).
+pub(crate) fn numpy_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
     let div = (num - 1) as f64;
-    let step = 1.0 / div;
-    let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step).collect();
+    let step = (stop - start) / div;
+    let mut v: Vec<f64> = (0..num)
+        .map(|i| {
+            if step == 0.0 {
+                (i as f64 / div) * (stop - start) + start
+            } else {
+                i as f64 * step + start
+            }
+        })
+        .collect();
     if let Some(last) = v.last_mut() {
-        *last = 1.0;
+        *last = stop;
     }
     v
 }
 
 /// NumPy `np.quantile(sorted, q)` (method "linear") for already sorted values.
-fn quantile_sorted(sorted: &[f64], q: f64, precision: ValuePrecision) -> f64 {
+pub(crate) fn quantile_sorted(sorted: &[f64], q: f64, precision: ValuePrecision) -> f64 {
     let n = sorted.len();
     let virt = (n - 1) as f64 * q;
     let (prev, next) = if virt >= (n - 1) as f64 {
@@ -137,7 +168,7 @@ pub fn bin_cell(
         return (vec![0; values.len()], Vec::new());
     }
     nz.sort_by(f64::total_cmp);
-    let edges: Vec<f64> = linspace01(n_bins - 1)
+    let edges: Vec<f64> = numpy_linspace(0.0, 1.0, n_bins - 1)
         .into_iter()
         .map(|q| quantile_sorted(&nz, q, precision))
         .collect();
@@ -184,24 +215,14 @@ pub fn tokenize_cell(
 ) -> CellTokens {
     let values: Vec<f64> = entries.iter().map(|e| e.1).collect();
     let (bins, _) = bin_cell(&values, n_bins, precision, rng);
-    let keep = max_len.saturating_sub(1);
-    let chosen: Vec<usize> = if entries.len() > keep {
-        rng.choose_sorted(entries.len(), keep)
-    } else {
-        (0..entries.len()).collect()
+    let genes: Vec<Option<u32>> = entries.iter().map(|e| Some(e.0)).collect();
+    let bins: Vec<f32> = bins.iter().map(|&b| f32::from(b)).collect();
+    let opts = TokenizeOptions {
+        // the entries are the cell's chosen genes already
+        include_zero_genes: true,
+        ..TokenizeOptions::embedding(cls_value, max_len)
     };
-    let mut genes = Vec::with_capacity(chosen.len() + 1);
-    let mut vals = Vec::with_capacity(chosen.len() + 1);
-    genes.push(cls_id);
-    vals.push(cls_value);
-    for i in chosen {
-        genes.push(entries[i].0);
-        vals.push(bins[i] as f32);
-    }
-    CellTokens {
-        genes,
-        values: vals,
-    }
+    tokenize_values(&genes, &bins, cls_id, &opts, rng)
 }
 
 /// Which of scGPT's conventions a cell is tokenised with.

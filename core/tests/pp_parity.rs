@@ -456,28 +456,17 @@ fn tokenize_and_pad_like_scgpt() {
             })
             .collect();
         let batch = pad_batch(&cells, 5000, 0, -2.0);
-        let want_genes: Vec<u32> = golden[key]["genes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_u64().unwrap() as u32)
-            })
-            .collect();
-        let want_values: Vec<f32> = golden[key]["values"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-            })
-            .collect();
+        // rows of a JSON matrix, flattened
+        let flat = |name: &str| -> Vec<f64> {
+            golden[key][name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+                .collect()
+        };
+        let want_genes: Vec<u32> = flat("genes").iter().map(|&g| g as u32).collect();
+        let want_values: Vec<f32> = flat("values").iter().map(|&v| v as f32).collect();
         assert_eq!(batch.genes, want_genes, "{key}: gene ids");
         assert_eq!(batch.values, want_values, "{key}: values");
     }

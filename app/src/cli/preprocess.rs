@@ -159,7 +159,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
              --log1p applied it again"
         );
     }
-    if report.hvg_non_integer && args.hvg_flavor == "seurat_v3" && !args.hvg_on_log1p {
+    if report.hvg_non_integer {
         eprintln!("warning: seurat_v3 expects raw counts, but non-integer values were found");
     }
     for note in &report.notes {

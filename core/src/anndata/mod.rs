@@ -72,6 +72,16 @@ impl PartialEq for Opaque {
 }
 
 impl Element {
+    /// A 64-bit integer `numeric-scalar`.
+    pub fn scalar_i64(v: i64) -> Element {
+        Element::Scalar(DenseArray::scalar(ArrayData::I64(vec![v])))
+    }
+
+    /// A 64-bit float `numeric-scalar`.
+    pub fn scalar_f64(v: f64) -> Element {
+        Element::Scalar(DenseArray::scalar(ArrayData::F64(vec![v])))
+    }
+
     /// The `encoding-type` this element is written with.
     pub fn encoding_type(&self) -> &str {
         match self {
@@ -191,6 +201,17 @@ pub struct AnnData {
 }
 
 impl AnnData {
+    /// Records what a cellforge step did under `uns["cellforge"][key]`, keeping the other
+    /// steps' records (a non-dict `uns["cellforge"]` is replaced).
+    pub fn record_provenance(&mut self, key: &str, record: Mapping) {
+        let mut root = match self.uns.remove("cellforge") {
+            Some(Element::Mapping(m)) => m,
+            _ => Mapping::new(),
+        };
+        root.insert(key.to_string(), Element::Mapping(record));
+        self.uns.insert("cellforge".into(), Element::Mapping(root));
+    }
+
     /// An AnnData with the given obs and var names and nothing else.
     pub fn new(obs_names: Vec<String>, var_names: Vec<String>) -> Self {
         Self {

@@ -371,11 +371,7 @@ mod tests {
         );
         let a = ours.into_data().into_vec::<f32>().expect("f32");
         let t = theirs.into_data().into_vec::<f32>().expect("f32");
-        let worst = a
-            .iter()
-            .zip(&t)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0f32, f32::max);
+        let worst = crate::model::max_abs_diff(&a, &t);
         assert!(worst < 1e-5, "max abs difference {worst}");
     }
 }

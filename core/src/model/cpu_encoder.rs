@@ -374,11 +374,7 @@ mod tests {
                 }
                 let a = fused.into_data().into_vec::<f32>().expect("f32");
                 let e = g.into_data().into_vec::<f32>().expect("f32");
-                let worst = a
-                    .iter()
-                    .zip(&e)
-                    .map(|(p, q)| (p - q).abs())
-                    .fold(0f32, f32::max);
+                let worst = crate::model::max_abs_diff(&a, &e);
                 assert!(
                     worst < 1e-4,
                     "pre_norm {pre_norm}: max abs difference {worst}"

@@ -282,3 +282,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     })?;
     Ok(())
 }
+
+/// Largest absolute difference between two equally long slices (tests).
+#[cfg(test)]
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}

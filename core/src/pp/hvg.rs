@@ -8,6 +8,7 @@
 
 use super::PpError;
 use super::loess::loess_fit;
+use crate::tokenize::{ValuePrecision, numpy_linspace, quantile_sorted};
 
 /// The HVG method.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -286,32 +287,13 @@ fn cut_equal_width(x: &[f64], n_bins: usize) -> Vec<Option<usize>> {
         } else {
             mx + 0.001
         };
-        linspace(lo, hi, n_bins + 1)
+        numpy_linspace(lo, hi, n_bins + 1)
     } else {
-        let mut e = linspace(mn, mx, n_bins + 1);
+        let mut e = numpy_linspace(mn, mx, n_bins + 1);
         e[0] -= (mx - mn) * 0.001;
         e
     };
     cut_with_edges(x, &edges)
-}
-
-/// NumPy `linspace(start, stop, num)` (endpoint included).
-fn linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
-    let div = (num - 1) as f64;
-    let step = (stop - start) / div;
-    let mut v: Vec<f64> = (0..num)
-        .map(|i| {
-            if step == 0.0 {
-                (i as f64 / div) * (stop - start) + start
-            } else {
-                i as f64 * step + start
-            }
-        })
-        .collect();
-    if let Some(l) = v.last_mut() {
-        *l = stop;
-    }
-    v
 }
 
 /// Right-closed intervals `(e[i], e[i+1]]` (the first includes its left edge, as pandas).
@@ -331,22 +313,6 @@ fn cut_with_edges(x: &[f64], edges: &[f64]) -> Vec<Option<usize>> {
             }
         })
         .collect()
-}
-
-/// NumPy `percentile(x, q)` with linear interpolation.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let n = sorted.len();
-    let virt = (n - 1) as f64 * q / 100.0;
-    let lo = virt.floor() as usize;
-    let hi = (lo + 1).min(n - 1);
-    let g = virt - virt.floor();
-    let (a, b) = (sorted[lo], sorted[hi]);
-    let d = b - a;
-    if g >= 0.5 {
-        b - d * (1.0 - g)
-    } else {
-        a + d * g
-    }
 }
 
 const GAUSSIAN_3_4: f64 = 0.674_489_750_196_081_7;
@@ -394,7 +360,8 @@ pub fn dispersion_table(
                 let mut edges = vec![f64::NEG_INFINITY];
                 let mut q = 10.0;
                 while q < 105.0 {
-                    edges.push(percentile(&sorted, q));
+                    // np.percentile divides q by 100, then takes the linear quantile
+                    edges.push(quantile_sorted(&sorted, q / 100.0, ValuePrecision::F64));
                     q += 5.0;
                 }
                 edges.push(f64::INFINITY);

@@ -17,13 +17,14 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::anndata::{
-    AnnData, ArrayData, DenseArray, Dtype, Element, Mapping, SparseFormat, SparseMatrix,
+    AnnData, ArrayData, Categorical, DenseArray, Dtype, Element, Mapping, SparseFormat,
+    SparseMatrix,
 };
 use crate::io::H5adError;
 use crate::tokenize::{Rng, ValuePrecision, bin_cell};
 
 pub use hvg::{HvgFlavor, HvgResult};
-pub use source::{Chunk, Passes, Prec, Row, Source};
+pub use source::{Chunk, Passes, Row, Source};
 
 /// Preprocessing errors.
 #[derive(Debug, thiserror::Error)]
@@ -112,9 +113,9 @@ pub struct PreprocessOptions {
     pub chunk_rows: usize,
     /// Bytes of the input matrix kept in memory after the first pass so the later passes
     /// need not read the file again. 0 (the default) streams every pass from the file, which
-    /// the OS page cache makes as fast on a local disk (measured: 4.6 s either way on the
-    /// 1.2 GB benchmark input) while memory stays flat; a budget helps on slow or network
-    /// storage.
+    /// the OS page cache makes about as fast on a local disk (see BENCHMARKS.md for the
+    /// 1.2 GB benchmark input: the same time within noise) while memory stays flat; a budget
+    /// helps on slow or network storage.
     pub memory_budget: usize,
 }
 
@@ -154,7 +155,7 @@ pub struct PreprocessReport {
     pub hvg_selected: Option<usize>,
     /// Cells whose binned row is all zero (no expressed gene left).
     pub all_zero_cells: usize,
-    /// Non-integer values seen where `seurat_v3` expects counts.
+    /// Non-integer input values while `seurat_v3` runs on the input (it expects counts).
     pub hvg_non_integer: bool,
     /// The input looked log-transformed already while log1p was requested.
     pub looks_logged: bool,
@@ -216,46 +217,50 @@ fn batch_codes(
             names.join(", ")
         ))
     })?;
-    let labels: Vec<Option<String>> = match col {
-        Element::Categorical(c) => c.labels(),
-        Element::Strings(s) => s.values.iter().cloned().map(Some).collect(),
-        Element::Dense(d) => (0..d.data.len())
-            .map(|i| d.data.get_f64(i).map(|x| x.to_string()))
-            .collect(),
-        Element::NullableString { values, mask, .. } => values
-            .iter()
-            .zip(mask)
-            .map(|(v, &m)| (!m).then(|| v.clone()))
-            .collect(),
+    // Labels of any other kind become a categorical with sorted categories, as pandas infers
+    // them; scanpy iterates over the categories.
+    let inferred;
+    let cat = match col {
+        Element::Categorical(c) => c,
         other => {
-            return Err(PpError::Input(format!(
-                "batch key \"{key}\" is a {} column, not labels",
-                other.encoding_type()
-            )));
+            let labels: Vec<Option<String>> = match other {
+                Element::Strings(s) => s.values.iter().cloned().map(Some).collect(),
+                Element::Dense(d) => (0..d.data.len())
+                    .map(|i| d.data.get_f64(i).map(|x| x.to_string()))
+                    .collect(),
+                Element::NullableString { values, mask, .. } => values
+                    .iter()
+                    .zip(mask)
+                    .map(|(v, &m)| (!m).then(|| v.clone()))
+                    .collect(),
+                other => {
+                    return Err(PpError::Input(format!(
+                        "batch key \"{key}\" is a {} column, not labels",
+                        other.encoding_type()
+                    )));
+                }
+            };
+            inferred = Categorical::from_labels(&labels);
+            &inferred
         }
     };
-    if let Some(i) = labels.iter().position(|l| l.is_none()) {
-        return Err(PpError::Input(format!(
-            "batch key \"{key}\" is missing for cell {} (row {i})",
-            obs.index.get(i).cloned().unwrap_or_default()
-        )));
-    }
-    // scanpy iterates over the categories (sorted labels for strings).
-    let mut names: Vec<String> = match col {
-        Element::Categorical(c) => c.category_labels(),
-        _ => labels.iter().flatten().cloned().collect(),
-    };
-    if !matches!(col, Element::Categorical(_)) {
-        names.sort();
-        names.dedup();
-    }
-    let codes = labels
+    let names = cat.category_labels();
+    let codes = cat
+        .codes
         .iter()
-        .map(|l| {
-            let l = l.as_deref().unwrap_or_default();
-            names.iter().position(|n| n == l).unwrap_or(0)
+        .enumerate()
+        .map(|(i, &c)| {
+            usize::try_from(c)
+                .ok()
+                .filter(|&c| c < names.len())
+                .ok_or_else(|| {
+                    PpError::Input(format!(
+                        "batch key \"{key}\" is missing for cell {} (row {i})",
+                        obs.index.get(i).cloned().unwrap_or_default()
+                    ))
+                })
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()?;
     Ok((codes, names))
 }
 
@@ -296,6 +301,33 @@ struct Plan {
     gene_pos: Vec<Option<u32>>,
     kept_genes: Vec<usize>,
     totals: Vec<f64>,
+    /// normalize_total's target (none: not normalised).
+    target: Option<f64>,
+    prec: ValuePrecision,
+}
+
+impl Plan {
+    /// scanpy's divisor for a cell: total / target in the data's precision, 1 for a cell
+    /// with no counts.
+    fn scale(&self, cell: usize) -> Option<f64> {
+        self.target.map(|t| {
+            let s = self.prec.round(self.totals[cell] / t);
+            if s == 0.0 { 1.0 } else { s }
+        })
+    }
+
+    /// A value after normalize_total (in the working precision).
+    fn normalize(&self, v: f64, scale: Option<f64>) -> f64 {
+        match scale {
+            Some(s) => self.prec.round(self.prec.round(v) / s),
+            None => self.prec.round(v),
+        }
+    }
+
+    /// log(1 + x), correctly rounded to the working precision.
+    fn log1p(&self, n: f64) -> f64 {
+        self.prec.round(n.ln_1p())
+    }
 }
 
 /// The backed matrix read whole into memory.
@@ -324,12 +356,11 @@ pub fn preprocess_file(
             ));
         }
         // Row chunks of a CSC matrix each scan the whole matrix: read it once instead.
-        None if backed.layout_name() == "csc" => {
-            Source::from_element(&whole_matrix(&backed)?, "X")?
-        }
+        None if backed.layout_name() == "csc" => Source::from_element(whole_matrix(&backed)?, "X")?,
         None => Source::Backed(&backed),
         Some(name) => {
-            let el = meta.layers.get(name).ok_or_else(|| {
+            // Taken out of the dataset: the output gets the processed version in its place.
+            let el = meta.layers.remove(name).ok_or_else(|| {
                 let names: Vec<&str> = meta.layers.keys().map(|s| s.as_str()).collect();
                 PpError::Input(format!(
                     "layer \"{name}\" does not exist (layers: {})",
@@ -379,7 +410,7 @@ pub fn preprocess(
         .layer
         .as_ref()
         .map_or("X".to_string(), |l| format!("layers[\"{l}\"]"));
-    let prec = Prec::of(source.dtype());
+    let prec = ValuePrecision::of(source.dtype());
     let obs = meta.obs_names();
     let var = meta.var_names();
     let chunk_rows = opts.chunk_rows.max(1);
@@ -478,7 +509,9 @@ pub fn preprocess(
             .for_each(|(r, (t, g))| {
                 let row = ch.row(r);
                 *t = row.sum();
-                *g = row.iter().filter(|&(_, v)| v > 0.0).count() as u64;
+                let mut n = 0;
+                row.for_each(|_, v| n += u64::from(v > 0.0));
+                *g = n;
             });
         tick("checking values", ch.first_row + ch.n_rows())
     })?;
@@ -514,12 +547,12 @@ pub fn preprocess(
             for r in 0..ch.n_rows() {
                 let mut t = 0.0;
                 let mut n = 0;
-                for (c, v) in ch.row(r).iter() {
+                ch.row(r).for_each(|c, v| {
                     if gene_ok[c as usize] {
                         t += v;
                         n += u64::from(v > 0.0);
                     }
-                }
+                });
                 cell_total[ch.first_row + r] = t;
                 cell_genes[ch.first_row + r] = n;
             }
@@ -544,10 +577,10 @@ pub fn preprocess(
         )));
     }
     // scanpy keeps the per-cell sum in the data's dtype.
-    let totals: Vec<f64> = cell_total.iter().map(|&t| prec.r(t)).collect();
+    let totals: Vec<f64> = cell_total.iter().map(|&t| prec.round(t)).collect();
     let target = match opts.normalize_total {
         None => None,
-        Some(TargetSum::Fixed(t)) => Some(prec.r(t)),
+        Some(TargetSum::Fixed(t)) => Some(prec.round(t)),
         Some(TargetSum::Median) => {
             // scanpy: the median of all totals for CSR input, of the non-zero ones for dense.
             let vals: Vec<f64> = kept_cells
@@ -555,7 +588,7 @@ pub fn preprocess(
                 .map(|&c| totals[c])
                 .filter(|&t| !source.is_dense() || t > 0.0)
                 .collect();
-            Some(prec.r(hvg::median(vals)))
+            Some(prec.round(hvg::median(vals)))
         }
     };
     report.target_sum = target;
@@ -564,21 +597,15 @@ pub fn preprocess(
         gene_pos,
         kept_genes,
         totals,
+        target,
+        prec,
     };
 
     // Highly variable genes over kept cells and genes.
     let mut hvg_result = None;
     if let Some(h) = &opts.hvg {
-        let r = run_hvg(
-            meta,
-            &mut passes,
-            source,
-            h,
-            &plan,
-            prec,
-            &mut tick,
-            &mut report,
-        )?;
+        let r = run_hvg(meta, &mut passes, source, h, &plan, &mut tick, &mut report)?;
+        report.hvg_non_integer = non_integer && h.flavor == HvgFlavor::SeuratV3 && !h.on_log1p;
         hvg_result = Some(r);
     }
     let out_genes: Vec<usize> = match (&hvg_result, &opts.hvg) {
@@ -632,36 +659,23 @@ pub fn preprocess(
                     bins: Vec::new(),
                     edges: Vec::new(),
                 };
-                let scale = target.map(|t| {
-                    let s = prec.r(plan.totals[cell] / t);
-                    if s == 0.0 { 1.0 } else { s }
-                });
-                for (c, v) in row.iter() {
+                let scale = plan.scale(cell);
+                row.for_each(|c, v| {
                     let Some(p) = out_pos[c as usize] else {
-                        continue;
+                        return;
                     };
                     o.idx.push(p);
                     o.raw.push(v);
-                    let n = match scale {
-                        Some(s) => prec.r(prec.r(v) / s),
-                        None => prec.r(v),
-                    };
+                    let n = plan.normalize(v, scale);
                     o.norm.push(n);
                     if opts.log1p {
-                        o.log.push(match prec {
-                            Prec::F32 => n.ln_1p() as f32 as f64,
-                            Prec::F64 => n.ln_1p(),
-                        });
+                        o.log.push(plan.log1p(n));
                     }
-                }
+                });
                 if let Some(nb) = n_bins {
                     let basis = if opts.log1p { &o.log } else { &o.norm };
-                    let vp = match prec {
-                        Prec::F32 => ValuePrecision::F32,
-                        Prec::F64 => ValuePrecision::F64,
-                    };
                     let mut rng = Rng::for_item(opts.seed, cell as u64);
-                    let (bins, edges) = bin_cell(basis, nb, vp, &mut rng);
+                    let (bins, edges) = bin_cell(basis, nb, prec, &mut rng);
                     o.bins = bins;
                     o.edges = edges;
                 }
@@ -703,8 +717,8 @@ pub fn preprocess(
     let (mut out, dropped) = meta.subset(Some(&kept_cells), Some(&out_genes));
     report.dropped = dropped;
     let float_dtype = match prec {
-        Prec::F32 => Dtype::F32,
-        Prec::F64 => Dtype::F64,
+        ValuePrecision::F32 => Dtype::F32,
+        ValuePrecision::F64 => Dtype::F64,
     };
     let as_x = |b: CsrBuilder, dtype: Dtype| b.finish(kept_cells.len(), dtype);
     let mut x_mat = as_x(b_x, keep_x_dtype);
@@ -808,7 +822,6 @@ fn run_hvg(
     source: &Source<'_>,
     h: &HvgOptions,
     plan: &Plan,
-    prec: Prec,
     tick: &mut dyn FnMut(&'static str, usize) -> Result<(), PpError>,
     report: &mut PreprocessReport,
 ) -> Result<HvgResult, PpError> {
@@ -823,28 +836,17 @@ fn run_hvg(
     };
     let nb = batch_names.len();
     // The values HVG looks at: the input, or log1p(normalised input).
-    let target = report.target_sum;
     let transform = |cell: usize, v: f64| -> f64 {
-        if !h.on_log1p {
-            return v;
-        }
-        let n = match target {
-            Some(t) => {
-                let s = prec.r(plan.totals[cell] / t);
-                let s = if s == 0.0 { 1.0 } else { s };
-                prec.r(prec.r(v) / s)
-            }
-            None => prec.r(v),
-        };
-        match prec {
-            Prec::F32 => n.ln_1p() as f32 as f64,
-            Prec::F64 => n.ln_1p(),
+        if h.on_log1p {
+            plan.log1p(plan.normalize(v, plan.scale(cell)))
+        } else {
+            v
         }
     };
     let flavor = h.flavor;
     // scanpy computes expm1 (seurat) and the squares in the values' own dtype: float32 for
     // float32 data (and for log1p of integer or float32 data), exact for integers.
-    let vals_f32 = source.dtype() == Dtype::F32 || (h.on_log1p && prec == Prec::F32);
+    let vals_f32 = source.dtype() == Dtype::F32 || (h.on_log1p && plan.prec == ValuePrecision::F32);
     let value_of = |v: f64| -> f64 {
         if flavor == HvgFlavor::Seurat {
             if vals_f32 {
@@ -869,31 +871,25 @@ fn run_hvg(
             stats[code].n_cells += 1;
         }
     }
-    let mut non_integer = false;
     passes.for_each(|ch| {
         let part = chunk_rows_par(
             ch,
             || {
-                (
-                    (0..nb)
-                        .map(|_| hvg::BatchStats::new(nk))
-                        .collect::<Vec<_>>(),
-                    false,
-                )
+                (0..nb)
+                    .map(|_| hvg::BatchStats::new(nk))
+                    .collect::<Vec<_>>()
             },
             |acc, row, r| {
                 if !plan.keep_cell[row] {
                     return;
                 }
-                let st = &mut acc.0[codes[row]];
-                let mut non_integer = false;
+                let st = &mut acc[codes[row]];
                 r.for_each(|c, v| {
                     let Some(p) = plan.gene_pos[c as usize] else {
                         return;
                     };
                     let p = p as usize;
                     let raw = transform(row, v);
-                    non_integer |= !is_whole(raw);
                     let x = value_of(raw);
                     st.sum[p] += x;
                     st.sumsq[p] += square(x);
@@ -901,29 +897,16 @@ fn run_hvg(
                         st.n_expressing[p] += 1;
                     }
                 });
-                acc.1 |= non_integer;
             },
             |a, b| {
-                for (x, y) in a.0.iter_mut().zip(&b.0) {
-                    x.sum.iter_mut().zip(&y.sum).for_each(|(p, q)| *p += q);
-                    x.sumsq.iter_mut().zip(&y.sumsq).for_each(|(p, q)| *p += q);
-                    x.n_expressing
-                        .iter_mut()
-                        .zip(&y.n_expressing)
-                        .for_each(|(p, q)| *p += q);
+                for (x, y) in a.iter_mut().zip(&b) {
+                    x.merge(y);
                 }
-                a.1 |= b.1;
             },
         );
-        for (s, p) in stats.iter_mut().zip(&part.0) {
-            s.sum.iter_mut().zip(&p.sum).for_each(|(x, y)| *x += y);
-            s.sumsq.iter_mut().zip(&p.sumsq).for_each(|(x, y)| *x += y);
-            s.n_expressing
-                .iter_mut()
-                .zip(&p.n_expressing)
-                .for_each(|(x, y)| *x += y);
+        for (s, p) in stats.iter_mut().zip(&part) {
+            s.merge(p);
         }
-        non_integer |= part.1;
         tick("gene statistics", ch.first_row + ch.n_rows())
     })?;
     for (s, name) in stats.iter().zip(&batch_names) {
@@ -941,7 +924,6 @@ fn run_hvg(
         .collect();
     match flavor {
         HvgFlavor::SeuratV3 => {
-            report.hvg_non_integer = non_integer;
             // scanpy (scikit-misc) fails outright when the LOESS neighbourhood at some gene
             // mean holds a single distinct value, e.g. a small batch where hundreds of genes
             // have exactly one count. Rather than stop, widen the span until the fit is
@@ -970,43 +952,42 @@ fn run_hvg(
                 };
                 fits.push(fit);
             }
-            let mut clipped: Vec<(Vec<f64>, Vec<f64>)> =
-                (0..nb).map(|_| (vec![0.0; nk], vec![0.0; nk])).collect();
+            // Sums of the clipped values per batch (`n_expressing` unused).
+            let new_sums = || {
+                (0..nb)
+                    .map(|_| hvg::BatchStats::new(nk))
+                    .collect::<Vec<_>>()
+            };
+            let mut clipped = new_sums();
             passes.for_each(|ch| {
                 let part = chunk_rows_par(
                     ch,
-                    || {
-                        (0..nb)
-                            .map(|_| (vec![0.0; nk], vec![0.0; nk]))
-                            .collect::<Vec<_>>()
-                    },
+                    new_sums,
                     |acc, row, r| {
                         if !plan.keep_cell[row] {
                             return;
                         }
                         let b = codes[row];
                         let clip = &fits[b].clip;
-                        let (s, q) = &mut acc[b];
+                        let st = &mut acc[b];
                         r.for_each(|c, v| {
                             let Some(p) = plan.gene_pos[c as usize] else {
                                 return;
                             };
                             let p = p as usize;
                             let e = transform(row, v).min(clip[p]);
-                            s[p] += e;
-                            q[p] += e * e;
+                            st.sum[p] += e;
+                            st.sumsq[p] += e * e;
                         });
                     },
                     |a, b| {
-                        for (x, y) in a.iter_mut().zip(b) {
-                            x.0.iter_mut().zip(&y.0).for_each(|(p, q)| *p += q);
-                            x.1.iter_mut().zip(&y.1).for_each(|(p, q)| *p += q);
+                        for (x, y) in a.iter_mut().zip(&b) {
+                            x.merge(y);
                         }
                     },
                 );
                 for (x, y) in clipped.iter_mut().zip(&part) {
-                    x.0.iter_mut().zip(&y.0).for_each(|(p, q)| *p += q);
-                    x.1.iter_mut().zip(&y.1).for_each(|(p, q)| *p += q);
+                    x.merge(y);
                 }
                 tick("clipped variances", ch.first_row + ch.n_rows())
             })?;
@@ -1015,8 +996,8 @@ fn run_hvg(
                     hvg::seurat_v3_norm_var(
                         &fits[b],
                         stats[b].n_cells,
-                        &clipped[b].0,
-                        &clipped[b].1,
+                        &clipped[b].sum,
+                        &clipped[b].sumsq,
                     )
                 })
                 .collect();
@@ -1098,14 +1079,6 @@ impl CsrBuilder {
     }
 }
 
-fn scalar_f64(v: f64) -> Element {
-    Element::Scalar(DenseArray::scalar(ArrayData::F64(vec![v])))
-}
-
-fn scalar_i64(v: i64) -> Element {
-    Element::Scalar(DenseArray::scalar(ArrayData::I64(vec![v])))
-}
-
 /// Records what was done in `uns["cellforge"]["preprocess"]`.
 fn add_provenance(out: &mut AnnData, opts: &PreprocessOptions, report: &PreprocessReport) {
     let mut p = Mapping::new();
@@ -1161,17 +1134,18 @@ fn add_provenance(out: &mut AnnData, opts: &PreprocessOptions, report: &Preproce
         "steps".into(),
         Element::Strings(crate::anndata::StringArray::from_vec(steps)),
     );
-    p.insert("seed".into(), scalar_i64(opts.seed as i64));
-    p.insert("cells_in".into(), scalar_i64(report.cells_in as i64));
-    p.insert("genes_in".into(), scalar_i64(report.genes_in as i64));
-    p.insert("cells_out".into(), scalar_i64(report.cells_out as i64));
-    p.insert("genes_out".into(), scalar_i64(report.genes_out as i64));
-    p.insert(
-        "all_zero_cells".into(),
-        scalar_i64(report.all_zero_cells as i64),
-    );
+    for (key, n) in [
+        ("seed", opts.seed as usize),
+        ("cells_in", report.cells_in),
+        ("genes_in", report.genes_in),
+        ("cells_out", report.cells_out),
+        ("genes_out", report.genes_out),
+        ("all_zero_cells", report.all_zero_cells),
+    ] {
+        p.insert(key.into(), Element::scalar_i64(n as i64));
+    }
     if let Some(t) = report.target_sum {
-        p.insert("target_sum".into(), scalar_f64(t));
+        p.insert("target_sum".into(), Element::scalar_f64(t));
     }
     if !report.notes.is_empty() {
         p.insert(
@@ -1179,12 +1153,7 @@ fn add_provenance(out: &mut AnnData, opts: &PreprocessOptions, report: &Preproce
             Element::Strings(crate::anndata::StringArray::from_vec(report.notes.clone())),
         );
     }
-    let mut root = match out.uns.remove("cellforge") {
-        Some(Element::Mapping(m)) => m,
-        _ => Mapping::new(),
-    };
-    root.insert("preprocess".into(), Element::Mapping(p));
-    out.uns.insert("cellforge".into(), Element::Mapping(root));
+    out.record_provenance("preprocess", p);
 }
 
 /// Preprocesses `input` and writes the result to `output` (a temporary file, then renamed);

@@ -8,48 +8,12 @@ use crate::io::BackedH5ad;
 
 use super::PpError;
 
-/// Precision scanpy computes in for this input: integer and float32 data are processed as
-/// float32 (scanpy casts integers to float32 before normalising), float64 stays float64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prec {
-    F32,
-    F64,
-}
-
-impl Prec {
-    pub fn of(dtype: Dtype) -> Self {
-        if dtype == Dtype::F64 {
-            Prec::F64
-        } else {
-            Prec::F32
-        }
-    }
-
-    /// Rounds to the working precision.
-    #[inline]
-    pub fn r(self, v: f64) -> f64 {
-        match self {
-            Prec::F32 => v as f32 as f64,
-            Prec::F64 => v,
-        }
-    }
-}
-
 /// Stored values of a chunk: float32 kept as is, everything else as f64 (exact for every
 /// dtype but 64-bit integers beyond 2^53).
 #[derive(Clone, Debug)]
 pub enum Vals {
     F32(Vec<f32>),
     F64(Vec<f64>),
-}
-
-impl Vals {
-    fn len(&self) -> usize {
-        match self {
-            Vals::F32(v) => v.len(),
-            Vals::F64(v) => v.len(),
-        }
-    }
 }
 
 /// A block of consecutive rows as CSR.
@@ -76,19 +40,6 @@ enum RowVals<'a> {
 }
 
 impl<'a> Row<'a> {
-    /// `(column, value)` pairs in column order.
-    #[inline]
-    pub fn iter(&self) -> impl Iterator<Item = (u32, f64)> + 'a {
-        let idx = self.idx;
-        let (a, b): (&'a [f32], &'a [f64]) = match self.vals {
-            RowVals::F32(v) => (v, &[]),
-            RowVals::F64(v) => (&[], v),
-        };
-        idx.iter()
-            .zip(a.iter().map(|&x| x as f64).chain(b.iter().copied()))
-            .map(|(&c, v)| (c, v))
-    }
-
     /// Calls `f(column, value)` for each entry; the loop is specialised per value type.
     #[inline]
     pub fn for_each(&self, mut f: impl FnMut(u32, f64)) {
@@ -106,14 +57,6 @@ impl<'a> Row<'a> {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.idx.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.idx.is_empty()
-    }
-
     /// Sum of the row's values.
     pub fn sum(&self) -> f64 {
         match self.vals {
@@ -126,10 +69,6 @@ impl<'a> Row<'a> {
 impl Chunk {
     pub fn n_rows(&self) -> usize {
         self.indptr.len().saturating_sub(1)
-    }
-
-    pub fn nnz(&self) -> usize {
-        self.values.len()
     }
 
     /// Row `r` (chunk-relative).
@@ -192,20 +131,19 @@ impl Chunk {
 /// Where the rows come from.
 pub enum Source<'a> {
     Backed(&'a BackedH5ad),
-    Memory {
-        csr: SparseMatrix,
-        dtype: Dtype,
-        dense: bool,
-    },
+    Memory { csr: SparseMatrix, dense: bool },
 }
 
 impl<'a> Source<'a> {
-    /// An in-memory matrix element (dense or sparse) as a source.
-    pub fn from_element(el: &Element, name: &str) -> Result<Source<'a>, PpError> {
+    /// An in-memory matrix element (dense or sparse) as a source; a CSR matrix is taken
+    /// as is, other layouts are converted once.
+    pub fn from_element(el: Element, name: &str) -> Result<Source<'a>, PpError> {
+        let dense = matches!(el, Element::Dense(_));
         let csr = match el {
+            Element::Sparse(s) if s.format == SparseFormat::Csr => s,
             Element::Sparse(s) => s.to_format(SparseFormat::Csr),
             Element::Dense(d) if d.shape.len() == 2 => {
-                SparseMatrix::from_dense(d, SparseFormat::Csr)
+                SparseMatrix::from_dense(&d, SparseFormat::Csr)
                     .ok_or_else(|| PpError::Input(format!("{name} is not a numeric matrix")))?
             }
             other => {
@@ -215,14 +153,12 @@ impl<'a> Source<'a> {
                 )));
             }
         };
-        let dtype = csr.data.dtype();
-        if dtype == Dtype::Bool {
+        if csr.data.dtype() == Dtype::Bool {
             return Err(PpError::Input(format!(
                 "{name} holds booleans, not expression"
             )));
         }
-        let dense = matches!(el, Element::Dense(_));
-        Ok(Source::Memory { csr, dtype, dense })
+        Ok(Source::Memory { csr, dense })
     }
 
     pub fn shape(&self) -> [usize; 2] {
@@ -235,7 +171,7 @@ impl<'a> Source<'a> {
     pub fn dtype(&self) -> Dtype {
         match self {
             Source::Backed(b) => b.dtype(),
-            Source::Memory { dtype, .. } => *dtype,
+            Source::Memory { csr, .. } => csr.data.dtype(),
         }
     }
 
@@ -274,11 +210,6 @@ impl<'s, 'a> Passes<'s, 'a> {
             cache: None,
             cache_full: false,
         }
-    }
-
-    /// Whether the matrix is held in memory for the following passes.
-    pub fn cached(&self) -> bool {
-        self.cache_full
     }
 
     /// Calls `f` on each chunk in order. While reading the next chunk from disk, the

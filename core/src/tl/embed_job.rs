@@ -127,13 +127,6 @@ pub fn gene_names(
     }
 }
 
-fn scalar_i64(v: i64) -> Element {
-    Element::Scalar(DenseArray::scalar(ArrayData::I64(vec![v])))
-}
-fn scalar_f64(v: f64) -> Element {
-    Element::Scalar(DenseArray::scalar(ArrayData::F64(vec![v])))
-}
-
 /// Run an embed job to completion (or cancellation, when `events` breaks).
 pub fn run_embed(
     req: &EmbedRequest,
@@ -292,7 +285,7 @@ fn run_on<B: Backend>(
         Element::String(format!("{:?}", files.source).to_lowercase()),
     );
     prov.insert("device".into(), Element::String(choice.to_string()));
-    prov.insert("seed".into(), scalar_i64(req.options.seed as i64));
+    prov.insert("seed".into(), Element::scalar_i64(req.options.seed as i64));
     prov.insert(
         "precision".into(),
         Element::String(
@@ -306,11 +299,11 @@ fn run_on<B: Backend>(
     );
     prov.insert(
         "max_length".into(),
-        scalar_i64(req.options.max_length as i64),
+        Element::scalar_i64(req.options.max_length as i64),
     );
     prov.insert(
         "batch_size".into(),
-        scalar_i64(req.options.batch_size as i64),
+        Element::scalar_i64(req.options.batch_size as i64),
     );
     prov.insert(
         "gene_col".into(),
@@ -319,18 +312,27 @@ fn run_on<B: Backend>(
             GeneColumn::Column(c) => c.clone(),
         }),
     );
-    prov.insert("genes_matched".into(), scalar_i64(matched.n_matched as i64));
-    prov.insert("genes_total".into(), scalar_i64(matched.n_genes as i64));
-    prov.insert("vocab_size".into(), scalar_i64(files.vocab.len() as i64));
+    prov.insert(
+        "genes_matched".into(),
+        Element::scalar_i64(matched.n_matched as i64),
+    );
+    prov.insert(
+        "genes_total".into(),
+        Element::scalar_i64(matched.n_genes as i64),
+    );
+    prov.insert(
+        "vocab_size".into(),
+        Element::scalar_i64(files.vocab.len() as i64),
+    );
     prov.insert(
         "cells_without_vocab_genes".into(),
-        scalar_i64(result.empty_cells.len() as i64),
+        Element::scalar_i64(result.empty_cells.len() as i64),
     );
     prov.insert(
         "cells_subsampled".into(),
-        scalar_i64(result.truncated_cells as i64),
+        Element::scalar_i64(result.truncated_cells as i64),
     );
-    prov.insert("seconds".into(), scalar_f64(result.seconds));
+    prov.insert("seconds".into(), Element::scalar_f64(result.seconds));
     prov.insert(
         "note".into(),
         Element::String(
@@ -339,12 +341,7 @@ fn run_on<B: Backend>(
                 .into(),
         ),
     );
-    let mut root = match adata.uns.remove("cellforge") {
-        Some(Element::Mapping(m)) => m,
-        _ => Mapping::new(),
-    };
-    root.insert(format!("embed_{}", req.key_added), Element::Mapping(prov));
-    adata.uns.insert("cellforge".into(), Element::Mapping(root));
+    adata.record_provenance(&format!("embed_{}", req.key_added), prov);
     write_h5ad(&adata, &req.output, &WriteOptions::default()).map_err(|source| {
         EmbedJobError::Write {
             output: req.output.display().to_string(),
