@@ -9,6 +9,7 @@
 //! - [`device`]: CUDA -> wgpu -> CPU selection with reasons.
 //! - [`pp`]: preprocessing (filters, normalize_total, log1p, HVG, binning) with scanpy parity.
 //! - [`tl`]: tools on top of the model (`tl::embed`: cell embeddings).
+//! - [`train`]: fine-tuning objectives, optimiser, training loop with checkpoints.
 
 pub mod anndata;
 pub mod checkpoint;
@@ -21,6 +22,7 @@ pub mod summary;
 pub mod sys;
 pub mod tl;
 pub mod tokenize;
+pub mod train;
 pub mod vocab;
 
 pub use anndata::AnnData;

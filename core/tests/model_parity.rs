@@ -11,70 +11,21 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 use cellforge_core::model::{
     CellEmbStyle, Heads, ModelError, ModelFiles, ModelKind, MvcStyle, TokenBatch,
 };
 use cellforge_core::tl::embed::{EmbedOptions, embed_backed};
+use common::Io;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/scgpt")
-}
-
-/// Named arrays of an `io.safetensors` file: `(shape, f64 values)`.
-struct Io(BTreeMap<String, (Vec<usize>, Vec<f64>)>);
-
-impl Io {
-    fn read(path: &Path) -> Io {
-        let bytes = std::fs::read(path).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut map = BTreeMap::new();
-        for (name, view) in st.tensors() {
-            let d = view.data();
-            let vals: Vec<f64> = match view.dtype() {
-                safetensors::Dtype::F32 => d
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
-                    .collect(),
-                safetensors::Dtype::I64 => d
-                    .chunks_exact(8)
-                    .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64)
-                    .collect(),
-                safetensors::Dtype::U8 => d.iter().map(|&b| b as f64).collect(),
-                other => panic!("unexpected dtype {other:?} for {name}"),
-            };
-            map.insert(name, (view.shape().to_vec(), vals));
-        }
-        Io(map)
-    }
-    fn get(&self, k: &str) -> &(Vec<usize>, Vec<f64>) {
-        self.0
-            .get(k)
-            .unwrap_or_else(|| panic!("io.safetensors has no {k}"))
-    }
-    fn has(&self, k: &str) -> bool {
-        self.0.contains_key(k)
-    }
-    fn ints<B: Backend>(&self, k: &str, dev: &B::Device) -> Tensor<B, 2, Int> {
-        let (s, v) = self.get(k);
-        let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
-        Tensor::from_data(TensorData::new(v, [s[0], s[1]]), dev)
-    }
-    fn floats<B: Backend>(&self, k: &str, dev: &B::Device) -> Tensor<B, 2> {
-        let (s, v) = self.get(k);
-        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        Tensor::from_data(TensorData::new(v, [s[0], s[1]]), dev)
-    }
-    fn mask<B: Backend>(&self, k: &str, dev: &B::Device) -> Tensor<B, 2, Bool> {
-        let (s, v) = self.get(k);
-        let v: Vec<bool> = v.iter().map(|&x| x != 0.0).collect();
-        Tensor::from_data(TensorData::new(v, [s[0], s[1]]), dev)
-    }
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> (Vec<usize>, Vec<f64>) {

@@ -115,7 +115,7 @@ fn missing_layer_and_batch_key_are_named() {
     let err = run(&p, &opts).unwrap_err();
     assert!(
         err.to_string()
-            .contains("batch key \"donor\" is not an obs column (obs has: batch)"),
+            .contains("batch key: \"donor\" is not a column (there are: batch)"),
         "{err}"
     );
 }

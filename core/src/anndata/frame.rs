@@ -111,6 +111,48 @@ impl DataFrame {
         self.columns.iter().find(|(n, _)| n == name).map(|(_, e)| e)
     }
 
+    /// A label column as a categorical: categoricals as they are; strings, nullable strings
+    /// and numbers as pandas would infer categories (sorted). The error names the column
+    /// and, when it is absent, the columns that exist.
+    pub fn categorical(&self, name: &str) -> Result<Categorical, String> {
+        let col = self.column(name).ok_or_else(|| {
+            let mut names: Vec<&str> = self.columns.iter().map(|(n, _)| n.as_str()).collect();
+            names.sort_unstable();
+            format!(
+                "\"{name}\" is not a column (there are: {})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+        let labels: Vec<Option<String>> = match col {
+            Element::Categorical(c) => return Ok(c.clone()),
+            Element::Strings(s) => s.values.iter().cloned().map(Some).collect(),
+            Element::Dense(d) => (0..d.data.len())
+                .map(|i| {
+                    d.data
+                        .get_f64(i)
+                        .filter(|x| !x.is_nan())
+                        .map(|x| x.to_string())
+                })
+                .collect(),
+            Element::NullableString { values, mask, .. } => values
+                .iter()
+                .zip(mask)
+                .map(|(v, &m)| (!m).then(|| v.clone()))
+                .collect(),
+            other => {
+                return Err(format!(
+                    "\"{name}\" is a {} column, not labels",
+                    other.encoding_type()
+                ));
+            }
+        };
+        Ok(Categorical::from_labels(&labels))
+    }
+
     /// Inserts or replaces a column, keeping the position of a replaced one.
     pub fn set_column(&mut self, name: &str, column: Element) {
         match self.columns.iter_mut().find(|(n, _)| n == name) {

@@ -8,7 +8,7 @@ use burn::tensor::activation::{leaky_relu, relu, sigmoid};
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{attention, embedding};
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, Distribution, Int, Tensor};
 
 /// LayerNorm epsilon used by every LayerNorm in scGPT (PyTorch default).
 pub const LN_EPS: f64 = 1e-5;
@@ -16,6 +16,17 @@ pub const LN_EPS: f64 = 1e-5;
 pub const BN_EPS: f64 = 6.1e-5;
 /// LeakyReLU slope (PyTorch default).
 pub const LEAKY_SLOPE: f64 = 0.01;
+
+/// Inverted dropout, active only while training (on an autodiff backend) and `p > 0`,
+/// as burn's and PyTorch's dropout layers behave in train mode.
+pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Tensor<B, D> {
+    if p <= 0.0 || !B::ad_enabled(&x.device()) {
+        return x;
+    }
+    let keep = 1.0 - p;
+    let mask = x.random_like(Distribution::Bernoulli(keep));
+    x * mask / keep
+}
 
 /// `y = x W + b` with `W` stored `[in, out]`.
 #[derive(Module, Debug)]
@@ -72,15 +83,40 @@ pub fn unsqueeze_to<B: Backend, const D: usize>(v: Tensor<B, 1>) -> Tensor<B, D>
 #[derive(Module, Debug)]
 pub struct Emb<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
+    /// PyTorch's `padding_idx`: this row never receives a gradient.
+    pub padding_idx: Option<usize>,
 }
 
 impl<B: Backend> Emb<B> {
+    /// The table, with the padding row cut from the graph while training. Exact: the
+    /// other rows are multiplied by 1 and the padding row by 0 before its detached copy
+    /// is added back.
+    fn table(&self) -> Tensor<B, 2> {
+        let w = self.weight.val();
+        match self.padding_idx {
+            Some(p) if B::ad_enabled(&w.device()) && p < w.dims()[0] => {
+                let [n, d] = w.dims();
+                let mut keep = vec![1f32; n];
+                keep[p] = 0.0;
+                let keep = Tensor::<B, 1>::from_data(
+                    burn::tensor::TensorData::new(keep, [n]),
+                    &w.device(),
+                )
+                .reshape([n, 1])
+                .expand([n, d]);
+                let fixed = w.clone().detach() * (keep.clone().neg() + 1.0);
+                w * keep + fixed
+            }
+            _ => w,
+        }
+    }
+
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        embedding(self.weight.val(), ids)
+        embedding(self.table(), ids)
     }
     /// Rows for a 1-D id tensor: `[n] -> [n, d]`.
     pub fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        self.weight.val().select(0, ids)
+        self.table().select(0, ids)
     }
 }
 
@@ -111,18 +147,55 @@ pub struct BatchNorm<B: Backend> {
     pub bias: Option<Param<Tensor<B, 1>>>,
 }
 
+/// Batch statistics a training forward pass measured, for the running averages.
+#[derive(Clone, Debug)]
+pub struct BnBatchStats<B: Backend> {
+    pub mean: Tensor<B, 1>,
+    /// Unbiased variance (what PyTorch folds into `running_var`).
+    pub var_unbiased: Tensor<B, 1>,
+}
+
+/// PyTorch's BatchNorm momentum.
+pub const BN_MOMENTUM: f64 = 0.1;
+
 impl<B: Backend> BatchNorm<B> {
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let mean = unsqueeze_to::<B, 3>(self.running_mean.val());
-        let std = unsqueeze_to::<B, 3>((self.running_var.val() + BN_EPS).sqrt());
-        let mut y = (x - mean) / std;
+    /// Evaluation: running statistics. Training (autodiff backend): statistics of this
+    /// batch over all `B x L` positions (padding included, as scGPT's DSBN does), returned
+    /// so the caller can update the running averages.
+    pub fn forward(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, Option<BnBatchStats<B>>) {
+        let (y, stats) = if B::ad_enabled(&x.device()) {
+            let [b, l, d] = x.dims();
+            let flat = x.reshape([b * l, d]);
+            let (var, mean) = flat.clone().var_mean_bias(0);
+            let n = (b * l) as f64;
+            let stats = BnBatchStats {
+                mean: mean.clone().detach().reshape([d]),
+                var_unbiased: (var.clone().detach() * (n / (n - 1.0).max(1.0))).reshape([d]),
+            };
+            let y = (flat - mean) / (var + BN_EPS).sqrt();
+            (y.reshape([b, l, d]), Some(stats))
+        } else {
+            let mean = unsqueeze_to::<B, 3>(self.running_mean.val());
+            let std = unsqueeze_to::<B, 3>((self.running_var.val() + BN_EPS).sqrt());
+            ((x - mean) / std, None)
+        };
+        let mut y = y;
         if let Some(w) = &self.weight {
             y = y * unsqueeze_to::<B, 3>(w.val());
         }
         if let Some(b) = &self.bias {
             y = y + unsqueeze_to::<B, 3>(b.val());
         }
-        y
+        (y, stats)
+    }
+
+    /// Fold batch statistics into the running averages (PyTorch's momentum update).
+    pub fn update_running(&mut self, stats: &BnBatchStats<B>) {
+        let m = BN_MOMENTUM;
+        let mean = self.running_mean.val().detach() * (1.0 - m) + stats.mean.clone() * m;
+        let var = self.running_var.val().detach() * (1.0 - m) + stats.var_unbiased.clone() * m;
+        self.running_mean = Param::initialized(self.running_mean.id, mean.detach());
+        self.running_var = Param::initialized(self.running_var.id, var.detach());
     }
 }
 
@@ -133,6 +206,8 @@ pub struct SelfAttention<B: Backend> {
     pub wqkv: Lin<B>,
     pub out_proj: Lin<B>,
     pub nhead: usize,
+    /// Dropout on the attention probabilities (training only).
+    pub dropout: f64,
 }
 
 /// Query/key/value heads `[B, H, L, hd]`.
@@ -181,15 +256,38 @@ impl<B: Backend> SelfAttention<B> {
     ) -> Tensor<B, 3> {
         let [_, l, _] = x.dims();
         let Qkv { q, k, v } = self.qkv(x);
-        let ctx = match super::cpu_attention::attention(&q, &k, &v, key_padding) {
-            Some(ctx) => ctx,
-            None => {
-                let mask = key_padding.map(|m| key_mask(m, l));
-                attention(q, k, v, mask, None, AttentionModuleOptions::default())
+        let mask = || key_padding.map(|m| key_mask(m, l));
+        let ctx = if self.dropout > 0.0 && B::ad_enabled(&q.device()) {
+            attend_with_dropout(q, k, v, mask(), self.dropout)
+        } else {
+            match super::cpu_attention::attention(&q, &k, &v, key_padding) {
+                Some(ctx) => ctx,
+                None => attention(q, k, v, mask(), None, AttentionModuleOptions::default()),
             }
         };
         self.out_proj.forward(Self::merge(ctx))
     }
+}
+
+/// Scaled dot-product attention written out, with dropout on the probabilities (the fused
+/// kernel has none); `mask` true = masked out. Used while training with dropout.
+pub fn attend_with_dropout<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    mask: Option<Tensor<B, 4, Bool>>,
+    p: f64,
+) -> Tensor<B, 4> {
+    let [b, h, lq, hd] = q.dims();
+    let lk = k.dims()[2];
+    let mut scores = q.matmul(k.swap_dims(2, 3)) / (hd as f64).sqrt();
+    if let Some(m) = mask {
+        let [_, mh, _, _] = m.dims();
+        let m = if mh == h { m } else { m.expand([b, h, lq, lk]) };
+        scores = scores.mask_fill(m, f32::NEG_INFINITY);
+    }
+    let probs = burn::tensor::activation::softmax(scores, 3);
+    dropout(probs, p).matmul(v)
 }
 
 /// Expand a `[B, Lk]` key-padding mask to the `[B, 1, Lq, Lk]` boolean attention mask
@@ -213,11 +311,14 @@ pub struct EncoderLayer<B: Backend> {
     pub norm1: Norm<B>,
     pub norm2: Norm<B>,
     pub pre_norm: bool,
+    /// Dropout after attention, inside the FFN and after it (training only).
+    pub dropout: f64,
 }
 
 impl<B: Backend> EncoderLayer<B> {
     pub fn ffn(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.linear2.forward(relu(self.linear1.forward(x)))
+        let h = dropout(relu(self.linear1.forward(x)), self.dropout);
+        dropout(self.linear2.forward(h), self.dropout)
     }
 
     pub fn forward(
@@ -227,11 +328,11 @@ impl<B: Backend> EncoderLayer<B> {
     ) -> Tensor<B, 3> {
         if self.pre_norm {
             let x = self.norm1.forward(x);
-            let x = x.clone() + self.self_attn.forward(x, key_padding);
-            let x = self.norm2.forward(x);
+            let a = dropout(self.self_attn.forward(x.clone(), key_padding), self.dropout);
+            let x = self.norm2.forward(x + a);
             x.clone() + self.ffn(x)
         } else {
-            let a = self.self_attn.forward(x.clone(), key_padding);
+            let a = dropout(self.self_attn.forward(x.clone(), key_padding), self.dropout);
             let x = self.norm1.forward(x + a);
             let f = self.ffn(x.clone());
             self.norm2.forward(x + f)
@@ -250,6 +351,7 @@ impl<B: Backend> EncoderLayer<B> {
         gen_padding: &Tensor<B, 2, Bool>,
     ) -> (Tensor<B, 3>, Tensor<B, 3>) {
         let post = |x: Tensor<B, 3>, a: Tensor<B, 3>| {
+            let a = dropout(a, self.dropout);
             if self.pre_norm {
                 let x = x + a;
                 let x = self.norm2.forward(x);
@@ -274,14 +376,14 @@ impl<B: Backend> EncoderLayer<B> {
         let g = self.self_attn.qkv(gen_in.clone());
         let device = pcpt.device();
         // pcpt -> pcpt
-        let pctx = attention(
-            p.q,
-            p.k.clone(),
-            p.v.clone(),
-            Some(key_mask(pcpt_padding, lp)),
-            None,
-            AttentionModuleOptions::default(),
-        );
+        let attend = |q, k, v, mask| {
+            if self.self_attn.dropout > 0.0 && B::ad_enabled(&device) {
+                attend_with_dropout(q, k, v, Some(mask), self.self_attn.dropout)
+            } else {
+                attention(q, k, v, Some(mask), None, AttentionModuleOptions::default())
+            }
+        };
+        let pctx = attend(p.q, p.k.clone(), p.v.clone(), key_mask(pcpt_padding, lp));
         let pa = self.self_attn.out_proj.forward(SelfAttention::merge(pctx));
         // gen -> [pcpt ; own key]
         let keys = Tensor::cat(vec![p.k, g.k], 2);
@@ -293,14 +395,7 @@ impl<B: Backend> EncoderLayer<B> {
             .expand([b, 1, lg, lg])
             .bool_or(key_mask(gen_padding, lg));
         let mask = Tensor::cat(vec![pmask, gmask], 3);
-        let gctx = attention(
-            g.q,
-            keys,
-            vals,
-            Some(mask),
-            None,
-            AttentionModuleOptions::default(),
-        );
+        let gctx = attend(g.q, keys, vals, mask);
         let ga = SelfAttention::merge(gctx);
         let (pres, gres) = if self.pre_norm {
             (pcpt_in, gen_in)

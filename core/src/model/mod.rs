@@ -175,25 +175,7 @@ impl ModelFiles {
         })?;
         config.validate()?;
         let vocab = GeneVocab::from_json_file(&dir.join("vocab.json"))?;
-        let path = dir.join(NATIVE_WEIGHTS);
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| ModelError::Safetensors(format!("{}: {e}", path.display())))?;
-        let mut named = Vec::new();
-        for (name, view) in st.tensors() {
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(ModelError::Safetensors(format!(
-                    "{name}: dtype {:?}, cellforge writes float32",
-                    view.dtype()
-                )));
-            }
-            let data: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            named.push((name, HostTensor::new(view.shape().to_vec(), data)?));
-        }
+        let named = read_safetensors(&dir.join(NATIVE_WEIGHTS))?;
         let weights = StateDict::from_named(named)?;
         let files = Self {
             dir: dir.to_path_buf(),
@@ -225,8 +207,14 @@ impl ModelFiles {
         device: &B::Device,
     ) -> Result<(ScGpt<B>, LoadReport), ModelError> {
         let mut model = ScGpt::<B>::init(&self.config, device);
+        model.set_gene_padding_idx(self.pad_id());
         let report = weights::load_into(&mut model, &self.weights, device)?;
         Ok((model, report))
+    }
+
+    /// Vocabulary id of the padding token.
+    pub fn pad_id(&self) -> Option<usize> {
+        self.vocab.id(&self.config.pad_token).map(|i| i as usize)
     }
 }
 
@@ -241,22 +229,6 @@ pub fn save_native<B: Backend>(
 ) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let named = weights::named_tensors(model)?;
-    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = named
-        .into_iter()
-        .map(|(n, t)| {
-            let b: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            (n, b, t.shape)
-        })
-        .collect();
-    let mut tensors = Vec::with_capacity(bytes.len());
-    for (name, data, shape) in &bytes {
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .map_err(|e| ModelError::Safetensors(format!("{name}: {e}")))?;
-        tensors.push((name.clone(), view));
-    }
-    let st = safetensors::serialize(tensors, None)
-        .map_err(|e| ModelError::Safetensors(e.to_string()))?;
     let config = serde_json::json!({
         "format": NATIVE_FORMAT,
         "model": model.config(),
@@ -264,13 +236,58 @@ pub fn save_native<B: Backend>(
     });
     let config_text =
         serde_json::to_string_pretty(&config).map_err(|e| ModelError::Config(e.to_string()))?;
-    write_atomic(&dir.join(NATIVE_WEIGHTS), &st)?;
+    write_safetensors(&dir.join(NATIVE_WEIGHTS), &named)?;
     write_atomic(&dir.join("vocab.json"), vocab.to_json().as_bytes())?;
     write_atomic(&dir.join(NATIVE_CONFIG), config_text.as_bytes())?;
     Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
+/// Float32 tensors of a safetensors file, by name.
+pub fn read_safetensors(path: &Path) -> Result<Vec<(String, HostTensor)>, ModelError> {
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| ModelError::Safetensors(format!("{}: {e}", path.display())))?;
+    let mut named = Vec::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(ModelError::Safetensors(format!(
+                "{name}: dtype {:?}, cellforge writes float32",
+                view.dtype()
+            )));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        named.push((name, HostTensor::new(view.shape().to_vec(), data)?));
+    }
+    Ok(named)
+}
+
+/// Write named float32 tensors as a safetensors file (temporary name, then renamed).
+pub fn write_safetensors(path: &Path, named: &[(String, HostTensor)]) -> Result<(), ModelError> {
+    let bytes: Vec<(&str, Vec<u8>, &[usize])> = named
+        .iter()
+        .map(|(n, t)| {
+            let b: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (n.as_str(), b, t.shape.as_slice())
+        })
+        .collect();
+    let mut tensors = Vec::with_capacity(bytes.len());
+    for (name, data, shape) in &bytes {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), data)
+                .map_err(|e| ModelError::Safetensors(format!("{name}: {e}")))?;
+        tensors.push((name.to_string(), view));
+    }
+    let st = safetensors::serialize(tensors, None)
+        .map_err(|e| ModelError::Safetensors(e.to_string()))?;
+    write_atomic(path, &st)
+}
+
+/// Write a file under a temporary name in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err(dir))?;

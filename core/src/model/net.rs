@@ -7,8 +7,8 @@ use burn::tensor::{Bool, Distribution, Int, Tensor};
 
 use super::config::{CellEmbStyle, InputEmbStyle, InputNorm, ModelConfig, ModelKind, MvcStyle};
 use super::layers::{
-    BatchNorm, Emb, EmbNorm, EncoderLayer, HeadBlock, HeadMlp, LEAKY_SLOPE, Lin, Mlp3, Norm,
-    SelfAttention,
+    BatchNorm, BnBatchStats, Emb, EmbNorm, EncoderLayer, HeadBlock, HeadMlp, LEAKY_SLOPE, Lin,
+    Mlp3, Norm, SelfAttention, dropout,
 };
 
 /// Continuous value encoder: `LayerNorm(W2 ReLU(W1 min(v, 512)))`.
@@ -17,6 +17,8 @@ pub struct ValueEncoder<B: Backend> {
     pub linear1: Lin<B>,
     pub linear2: Lin<B>,
     pub norm: Norm<B>,
+    /// Dropout after the norm (training only).
+    pub dropout: f64,
 }
 
 /// Largest value the continuous value encoder sees (scGPT clamps above only).
@@ -26,7 +28,7 @@ impl<B: Backend> ValueEncoder<B> {
     pub fn forward(&self, values: Tensor<B, 2>) -> Tensor<B, 3> {
         let x = values.clamp_max(VALUE_CLAMP).unsqueeze_dim::<3>(2);
         let h = relu(self.linear1.forward(x));
-        self.norm.forward(self.linear2.forward(h))
+        dropout(self.norm.forward(self.linear2.forward(h)), self.dropout)
     }
 }
 
@@ -109,6 +111,9 @@ impl<B: Backend> MvcDecoder<B> {
     }
 }
 
+/// Input embeddings, gene embeddings and (training) BatchNorm statistics.
+type Embedded<B> = (Tensor<B, 3>, Tensor<B, 3>, Option<BnUpdate<B>>);
+
 /// Per-cell `[B, d]` and per-token `[B, L, d]` side inputs of the decoders.
 type SideInputs<B> = (Option<Tensor<B, 2>>, Option<Tensor<B, 3>>);
 
@@ -171,6 +176,16 @@ pub struct ModelOutput<B: Backend> {
     pub mvc_zero_probs: Option<Tensor<B, 2>>,
     pub cls_output: Option<Tensor<B, 2>>,
     pub dab_output: Option<Tensor<B, 2>>,
+    /// Training only: the input BatchNorm's batch statistics (see [`ScGpt::update_bn`]).
+    pub bn_stats: Option<BnUpdate<B>>,
+}
+
+/// Which input BatchNorm measured statistics in a training pass, and what it measured.
+#[derive(Clone, Debug)]
+pub struct BnUpdate<B: Backend> {
+    /// DSBN domain, or `None` for the single plain BatchNorm.
+    pub domain: Option<usize>,
+    pub stats: BnBatchStats<B>,
 }
 
 /// Outputs of the generative (pcpt/gen) forward pass.
@@ -225,6 +240,7 @@ fn emb<B: Backend>(n: usize, d: usize, device: &B::Device) -> Emb<B> {
             Distribution::Normal(0.0, 1.0),
             device,
         )),
+        padding_idx: None,
     }
 }
 
@@ -300,6 +316,7 @@ impl<B: Backend> ScGpt<B> {
                 linear1: lin(1, d, true, device),
                 linear2: lin(d, d, true, device),
                 norm: norm(d, device),
+                dropout: f64::from(c.dropout),
             });
         let value_embedding = match (c.input_emb_style, c.n_input_bins) {
             (InputEmbStyle::Category, Some(n)) => Some(emb_norm(n, d, device)),
@@ -317,12 +334,14 @@ impl<B: Backend> ScGpt<B> {
                     wqkv: lin(d, 3 * d, true, device),
                     out_proj: lin(d, d, true, device),
                     nhead: c.nhead,
+                    dropout: f64::from(c.dropout),
                 },
                 linear1: lin(d, c.d_hid, true, device),
                 linear2: lin(c.d_hid, d, true, device),
                 norm1: norm(d, device),
                 norm2: norm(d, device),
                 pre_norm: c.pre_norm,
+                dropout: f64::from(c.dropout),
             })
             .collect();
         let mvc_decoder = c.mvc.map(|style| {
@@ -385,14 +404,31 @@ impl<B: Backend> ScGpt<B> {
         &self.config
     }
 
+    /// The gene embedding's padding row (scGPT's `padding_idx = vocab["<pad>"]`): it takes
+    /// no gradient while training.
+    pub fn set_gene_padding_idx(&mut self, idx: Option<usize>) {
+        self.encoder.embedding.padding_idx = idx;
+    }
+
     /// `LayerNorm(Embedding(ids))` for 1-D ids: the gene embeddings scGPT's GRN tutorial
     /// uses.
     pub fn gene_embeddings(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
         self.encoder.rows(ids)
     }
 
-    /// Input embeddings before the transformer: `(total, gene_embs)`.
-    fn embed(&self, batch: &TokenBatch<B>) -> Result<(Tensor<B, 3>, Tensor<B, 3>), ForwardError> {
+    /// Fold a training pass's BatchNorm statistics into the running averages.
+    pub fn update_bn(&mut self, update: &BnUpdate<B>) {
+        let bn = match update.domain {
+            Some(d) => self.dsbn.get_mut(d),
+            None => self.bn.as_mut(),
+        };
+        if let Some(bn) = bn {
+            bn.update_running(&update.stats);
+        }
+    }
+
+    /// Input embeddings before the transformer: `(total, gene_embs, bn statistics)`.
+    fn embed(&self, batch: &TokenBatch<B>) -> Result<Embedded<B>, ForwardError> {
         let genes = self.encoder.forward(batch.src.clone());
         let mut x = match self.config().input_emb_style {
             InputEmbStyle::Continuous => match &self.value_encoder {
@@ -421,11 +457,27 @@ impl<B: Backend> ScGpt<B> {
                     label: domain,
                     n: self.dsbn.len(),
                 })?;
-            x = bn.forward(x);
+            let (y, stats) = bn.forward(x);
+            return Ok((
+                y,
+                genes,
+                stats.map(|stats| BnUpdate {
+                    domain: Some(domain),
+                    stats,
+                }),
+            ));
         } else if let Some(bn) = &self.bn {
-            x = bn.forward(x);
+            let (y, stats) = bn.forward(x);
+            return Ok((
+                y,
+                genes,
+                stats.map(|stats| BnUpdate {
+                    domain: None,
+                    stats,
+                }),
+            ));
         }
-        Ok((x, genes))
+        Ok((x, genes, None))
     }
 
     /// The transformer stack on prepared input embeddings.
@@ -446,8 +498,17 @@ impl<B: Backend> ScGpt<B> {
 
     /// scGPT `_encode`: `[B, L, d]` transformer output.
     pub fn encode(&self, batch: &TokenBatch<B>) -> Result<Tensor<B, 3>, ForwardError> {
-        let (x, _) = self.embed(batch)?;
+        let (x, _, _) = self.embed(batch)?;
         Ok(self.transform(x, batch.padding.as_ref()))
+    }
+
+    /// `_encode` that also returns a training pass's BatchNorm statistics.
+    pub fn encode_with_stats(
+        &self,
+        batch: &TokenBatch<B>,
+    ) -> Result<(Tensor<B, 3>, Option<BnUpdate<B>>), ForwardError> {
+        let (x, _, stats) = self.embed(batch)?;
+        Ok((self.transform(x, batch.padding.as_ref()), stats))
     }
 
     /// Cell embeddings by the configured style from a transformer output.
@@ -513,7 +574,7 @@ impl<B: Backend> ScGpt<B> {
         batch: &TokenBatch<B>,
         heads: Heads,
     ) -> Result<ModelOutput<B>, ForwardError> {
-        let (x, gene_embs) = self.embed(batch)?;
+        let (x, gene_embs, bn_stats) = self.embed(batch)?;
         let h = self.transform(x, batch.padding.as_ref());
         let [_, l, _] = h.dims();
         let (per_cell, per_token) = self.side_inputs(batch, l)?;
@@ -557,10 +618,11 @@ impl<B: Backend> ScGpt<B> {
         } else {
             (None, None)
         };
+        // Gradient reversal in front of the batch discriminator (scGPT's DAR).
         let dab_output = self
             .discriminator
             .as_ref()
-            .map(|d| d.forward(cell_emb.clone()));
+            .map(|d| d.forward(grad_reverse(cell_emb.clone(), 1.0)));
         Ok(ModelOutput {
             encoder_output: h,
             cell_emb,
@@ -570,6 +632,7 @@ impl<B: Backend> ScGpt<B> {
             mvc_zero_probs,
             cls_output,
             dab_output,
+            bn_stats,
         })
     }
 
@@ -651,6 +714,17 @@ impl<B: Backend> ScGpt<B> {
             cell_emb,
         })
     }
+}
+
+/// Gradient reversal: the identity going forward; going backward the gradient is
+/// multiplied by `-lambda`. Written as `x' + (x - x') * (-lambda)` with `x'` detached:
+/// the second term is exactly zero forward, and only it carries a gradient.
+pub fn grad_reverse<B: Backend, const D: usize>(x: Tensor<B, D>, lambda: f64) -> Tensor<B, D> {
+    if !B::ad_enabled(&x.device()) {
+        return x;
+    }
+    let fixed = x.clone().detach();
+    fixed.clone() + (x - fixed) * (-lambda)
 }
 
 /// Row-wise L2 normalisation with PyTorch's `F.normalize` floor (1e-12).

@@ -264,6 +264,32 @@ impl<B: Backend> ParamVisitor<B> for Loader<'_, B> {
     }
 }
 
+/// scGPT's `load_pretrained`: fill every parameter whose name and shape match the
+/// checkpoint and leave the rest as initialised (new heads of a fine-tuning model, or a
+/// decoder whose input widened with batch labels). The report lists what was left.
+pub fn load_matching<B: Backend>(
+    model: &mut ScGpt<B>,
+    sd: &StateDict,
+    device: &B::Device,
+) -> LoadReport {
+    let mut loader = Loader::<B> {
+        sd,
+        device: device.clone(),
+        used: BTreeSet::new(),
+        report: LoadReport::default(),
+    };
+    visit(model, &mut loader);
+    let mut report = loader.report;
+    report.unexpected = sd
+        .keys()
+        .filter(|k| !loader.used.contains(*k) && !ignorable(k))
+        .cloned()
+        .collect();
+    report.spellings = sd.spellings.iter().map(|s| s.to_string()).collect();
+    report.stripped_module_prefix = sd.stripped_module_prefix;
+    report
+}
+
 /// Fill `model` from a canonical state dict. Every parameter the model has must be in the
 /// checkpoint with the right shape: a missing attention weight would otherwise stay random
 /// and give plausible-looking garbage (scGPT #235), so it is an error, not a warning.

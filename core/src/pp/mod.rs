@@ -17,8 +17,7 @@ use std::path::Path;
 use rayon::prelude::*;
 
 use crate::anndata::{
-    AnnData, ArrayData, Categorical, DenseArray, Dtype, Element, Mapping, SparseFormat,
-    SparseMatrix,
+    AnnData, ArrayData, DenseArray, Dtype, Element, Mapping, SparseFormat, SparseMatrix,
 };
 use crate::io::H5adError;
 use crate::tokenize::{Rng, ValuePrecision, bin_cell};
@@ -209,41 +208,9 @@ fn batch_codes(
     obs: &crate::anndata::DataFrame,
     key: &str,
 ) -> Result<(Vec<usize>, Vec<String>), PpError> {
-    let col = obs.column(key).ok_or_else(|| {
-        let mut names: Vec<&str> = obs.columns.iter().map(|(n, _)| n.as_str()).collect();
-        names.sort_unstable();
-        PpError::Input(format!(
-            "batch key \"{key}\" is not an obs column (obs has: {})",
-            names.join(", ")
-        ))
-    })?;
-    // Labels of any other kind become a categorical with sorted categories, as pandas infers
-    // them; scanpy iterates over the categories.
-    let inferred;
-    let cat = match col {
-        Element::Categorical(c) => c,
-        other => {
-            let labels: Vec<Option<String>> = match other {
-                Element::Strings(s) => s.values.iter().cloned().map(Some).collect(),
-                Element::Dense(d) => (0..d.data.len())
-                    .map(|i| d.data.get_f64(i).map(|x| x.to_string()))
-                    .collect(),
-                Element::NullableString { values, mask, .. } => values
-                    .iter()
-                    .zip(mask)
-                    .map(|(v, &m)| (!m).then(|| v.clone()))
-                    .collect(),
-                other => {
-                    return Err(PpError::Input(format!(
-                        "batch key \"{key}\" is a {} column, not labels",
-                        other.encoding_type()
-                    )));
-                }
-            };
-            inferred = Categorical::from_labels(&labels);
-            &inferred
-        }
-    };
+    let cat = obs
+        .categorical(key)
+        .map_err(|e| PpError::Input(format!("batch key: {e}")))?;
     let names = cat.category_labels();
     let codes = cat
         .codes

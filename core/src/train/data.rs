@@ -1,0 +1,368 @@
+//! Training data: the cells of an h5ad tokenised as the fine-tuning tutorials do (vocabulary
+//! genes, per-cell binning, `<cls>` first), their labels, a seeded train/validation split,
+//! minibatches (per batch label when DSBN needs one domain per minibatch) and masking.
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::anndata::ArrayData;
+use crate::io::BackedH5ad;
+use crate::model::TokenBatch;
+use crate::tokenize::{
+    CellTokens, PaddedBatch, Rng, TokenizeOptions, ValuePrecision, bin_cell, pad_batch,
+    random_mask_value, tokenize_values,
+};
+use crate::vocab::GeneVocab;
+
+use super::TrainError;
+
+/// How cells become tokens.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenSettings {
+    /// Keep zero-expressed vocabulary genes (integration tutorial) or only expressed ones.
+    pub include_zero_genes: bool,
+    /// Most tokens per cell, `<cls>` included.
+    pub max_len: usize,
+    /// Value at `<cls>` (0 in the fine-tuning tutorials, the pad value when pretraining).
+    pub cls_value: f32,
+    pub n_bins: usize,
+    pub pad_value: f32,
+    pub mask_value: f32,
+}
+
+/// Cells of one dataset, tokenised, with their labels.
+#[derive(Clone, Debug, Default)]
+pub struct CellSet {
+    pub cells: Vec<CellTokens>,
+    /// Row of each cell in the file.
+    pub rows: Vec<usize>,
+    pub n_rows: usize,
+    /// Class code per cell (`None`: unlabelled).
+    pub labels: Vec<Option<u32>>,
+    pub class_names: Vec<String>,
+    pub batches: Vec<Option<u32>>,
+    pub batch_names: Vec<String>,
+    /// Rows without any expressed vocabulary gene (not in `cells`).
+    pub empty_rows: Vec<usize>,
+    /// Vocabulary genes matched in the file.
+    pub genes_matched: usize,
+}
+
+fn codes(
+    backed: &BackedH5ad,
+    key: Option<&str>,
+    what: &str,
+    fixed: Option<&[String]>,
+) -> Result<(Vec<Option<u32>>, Vec<String>), TrainError> {
+    let n = backed.obs.n_rows();
+    let Some(key) = key else {
+        return Ok((vec![None; n], Vec::new()));
+    };
+    let cat = backed
+        .obs
+        .categorical(key)
+        .map_err(|e| TrainError::Input(format!("{what} key: {e}")))?;
+    let names = cat.category_labels();
+    let raw: Vec<Option<&str>> = cat
+        .codes
+        .iter()
+        .map(|&c| {
+            usize::try_from(c)
+                .ok()
+                .and_then(|c| names.get(c).map(String::as_str))
+        })
+        .collect();
+    // Used categories only, sorted, unless the names are fixed (a trained model's classes).
+    let names: Vec<String> = match fixed {
+        Some(f) => f.to_vec(),
+        None => {
+            let mut used: Vec<String> = raw.iter().flatten().map(|s| s.to_string()).collect();
+            used.sort();
+            used.dedup();
+            used
+        }
+    };
+    let out = raw
+        .iter()
+        .map(|l| {
+            l.and_then(|l| {
+                names
+                    .iter()
+                    .position(|n| n == l)
+                    .and_then(|i| u32::try_from(i).ok())
+            })
+        })
+        .collect();
+    Ok((out, names))
+}
+
+/// Read and tokenise every cell of `path` (X, or `layer`). Genes are matched to the
+/// vocabulary by `gene_names` (one per var row). Binning is per cell over its vocabulary
+/// genes, seeded by `seed` and the row, so a cell always gets the same tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn load_cells(
+    path: &Path,
+    layer: Option<&str>,
+    gene_names: &dyn Fn(&BackedH5ad) -> Result<Vec<String>, String>,
+    vocab: &GeneVocab,
+    label_key: Option<&str>,
+    batch_key: Option<&str>,
+    fixed_classes: Option<&[String]>,
+    fixed_batches: Option<&[String]>,
+    settings: &TokenSettings,
+    seed: u64,
+) -> Result<CellSet, TrainError> {
+    let matrix = match layer {
+        Some(l) => format!("layers/{l}"),
+        None => "X".to_string(),
+    };
+    let backed = BackedH5ad::open_matrix(path, &matrix).map_err(|source| TrainError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let names = gene_names(&backed).map_err(TrainError::Input)?;
+    let matched = vocab.match_genes(&names);
+    let genes_matched = matched.n_matched;
+    let ids = matched.ids;
+    if genes_matched == 0 {
+        return Err(TrainError::Input(format!(
+            "none of the {} genes of {} is in the model's vocabulary",
+            names.len(),
+            path.display()
+        )));
+    }
+    let cls_id = vocab
+        .id("<cls>")
+        .ok_or_else(|| TrainError::Input("the vocabulary has no <cls> token".into()))?;
+    let (labels, class_names) = codes(&backed, label_key, "label", fixed_classes)?;
+    let (batches, batch_names) = codes(&backed, batch_key, "batch", fixed_batches)?;
+    let [n_rows, n_cols] = backed.shape();
+    let opts = TokenizeOptions {
+        include_zero_genes: settings.include_zero_genes,
+        append_cls: true,
+        cls_value: settings.cls_value,
+        max_len: settings.max_len,
+    };
+    let vocab_cols: Vec<usize> = (0..n_cols).filter(|&c| ids[c].is_some()).collect();
+    let col_genes: Vec<Option<u32>> = vocab_cols.iter().map(|&c| ids[c]).collect();
+    let mut pos_of_col = vec![usize::MAX; n_cols];
+    for (p, &c) in vocab_cols.iter().enumerate() {
+        pos_of_col[c] = p;
+    }
+    let mut set = CellSet {
+        n_rows,
+        class_names,
+        batch_names,
+        genes_matched,
+        ..CellSet::default()
+    };
+    let mut dense = vec![0f64; vocab_cols.len()];
+    for chunk in backed.chunks(4096) {
+        let (rows, chunk) = chunk.map_err(|source| TrainError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let csr = chunk.into_csr();
+        let precision = match csr.data {
+            ArrayData::F32(_) => ValuePrecision::F32,
+            _ => ValuePrecision::F64,
+        };
+        let values = csr.data.to_f64_vec();
+        for r in 0..csr.shape[0] {
+            let row = rows.start + r;
+            dense.iter_mut().for_each(|v| *v = 0.0);
+            let (a, b) = (csr.indptr[r] as usize, csr.indptr[r + 1] as usize);
+            for (&col, &v) in csr.indices[a..b].iter().zip(&values[a..b]) {
+                let col = col as usize;
+                if !v.is_finite() || v < 0.0 {
+                    return Err(TrainError::Input(format!(
+                        "{} has a {} value ({v}) in cell {} (row {row}), gene {}: training needs \
+                         finite, non-negative expression (counts or log-normalised data)",
+                        path.display(),
+                        if v.is_nan() {
+                            "NaN"
+                        } else if v < 0.0 {
+                            "negative"
+                        } else {
+                            "infinite"
+                        },
+                        backed.obs.index.get(row).cloned().unwrap_or_default(),
+                        backed.var.index.get(col).cloned().unwrap_or_default()
+                    )));
+                }
+                if let Some(&p) = pos_of_col.get(col)
+                    && p != usize::MAX
+                {
+                    dense[p] = v;
+                }
+            }
+            if dense.iter().all(|&v| v == 0.0) {
+                set.empty_rows.push(row);
+                continue;
+            }
+            let mut rng = Rng::for_item(seed, row as u64);
+            let (bins, _) = bin_cell(&dense, settings.n_bins, precision, &mut rng);
+            let bins: Vec<f32> = bins.iter().map(|&b| f32::from(b)).collect();
+            set.cells
+                .push(tokenize_values(&col_genes, &bins, cls_id, &opts, &mut rng));
+            set.rows.push(row);
+            set.labels.push(labels[row]);
+            set.batches.push(batches[row]);
+        }
+    }
+    Ok(set)
+}
+
+/// A seeded split of `items` into (train, validation): `fraction` of the items (at least one
+/// when there are two or more) go to validation.
+pub fn split(items: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut order = items.to_vec();
+    shuffle(&mut order, &mut Rng::new(seed ^ 0x5eed_0f5b_1175));
+    let n_valid = if fraction <= 0.0 || order.len() < 2 {
+        0
+    } else {
+        ((order.len() as f64 * fraction).round() as usize).clamp(1, order.len() - 1)
+    };
+    let valid = order.split_off(order.len() - n_valid);
+    (order, valid)
+}
+
+/// Fisher-Yates with the project's generator.
+pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
+    for i in (1..v.len()).rev() {
+        let j = rng.below(i + 1);
+        v.swap(i, j);
+    }
+}
+
+/// The minibatches of one epoch: shuffled (seeded by `seed` and `epoch`); with
+/// `by_batch`, each minibatch holds cells of one batch label only (scGPT's
+/// `SubsetsBatchSampler`, needed by DSBN), minibatch order shuffled too.
+pub fn epoch_batches(
+    set: &CellSet,
+    items: &[usize],
+    batch_size: usize,
+    by_batch: bool,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
+    let mut rng = Rng::for_item(seed ^ 0xe90c_4000, epoch as u64);
+    let bs = batch_size.max(1);
+    let mut out = Vec::new();
+    if by_batch {
+        let mut groups: std::collections::BTreeMap<Option<u32>, Vec<usize>> = Default::default();
+        for &i in items {
+            groups.entry(set.batches[i]).or_default().push(i);
+        }
+        for (_, mut g) in groups {
+            shuffle(&mut g, &mut rng);
+            out.extend(g.chunks(bs).map(<[usize]>::to_vec));
+        }
+        shuffle(&mut out, &mut rng);
+    } else {
+        let mut order = items.to_vec();
+        shuffle(&mut order, &mut rng);
+        out.extend(order.chunks(bs).map(<[usize]>::to_vec));
+    }
+    out
+}
+
+/// A minibatch on the host: padded tokens, masked input values and targets.
+#[derive(Clone, Debug)]
+pub struct HostBatch {
+    pub padded: PaddedBatch,
+    /// Values fed to the model (masked positions hold the mask value).
+    pub input_values: Vec<f32>,
+    /// 1.0 where a value was masked.
+    pub masked: Vec<f32>,
+    pub labels: Option<Vec<u32>>,
+    pub batches: Option<Vec<u32>>,
+}
+
+/// Pad and mask the cells `idx` of `set` (masking seeded by `rng`).
+pub fn host_batch(
+    set: &CellSet,
+    idx: &[usize],
+    settings: &TokenSettings,
+    pad_id: u32,
+    mask_ratio: f64,
+    rng: &mut Rng,
+) -> HostBatch {
+    let cells: Vec<CellTokens> = idx.iter().map(|&i| set.cells[i].clone()).collect();
+    let padded = pad_batch(&cells, settings.max_len, pad_id, settings.pad_value);
+    let (input_values, mask) = if mask_ratio > 0.0 {
+        random_mask_value(&padded, pad_id, mask_ratio, settings.mask_value, 1, rng)
+    } else {
+        (padded.values.clone(), vec![false; padded.values.len()])
+    };
+    let labels: Option<Vec<u32>> = idx.iter().map(|&i| set.labels[i]).collect();
+    let batches: Option<Vec<u32>> = idx.iter().map(|&i| set.batches[i]).collect();
+    HostBatch {
+        input_values,
+        masked: mask.iter().map(|&m| if m { 1.0 } else { 0.0 }).collect(),
+        padded,
+        labels,
+        batches,
+    }
+}
+
+/// A minibatch on the device, with what the losses need.
+#[derive(Clone, Debug)]
+pub struct TrainBatch<B: Backend> {
+    pub tokens: TokenBatch<B>,
+    /// Unmasked values `[B, L]`.
+    pub target: Tensor<B, 2>,
+    /// 1.0 at masked positions `[B, L]`.
+    pub masked: Tensor<B, 2>,
+    /// Class ids `[B]`.
+    pub labels: Option<Tensor<B, 1, Int>>,
+}
+
+impl HostBatch {
+    /// Move to the device. `batch_labels` feeds the batch encoder / DSBN / DAR.
+    pub fn to_device<B: Backend>(
+        &self,
+        pad_id: u32,
+        batch_labels: bool,
+        device: &B::Device,
+    ) -> TrainBatch<B> {
+        let p = &self.padded;
+        let shape = [p.n, p.len];
+        let ids: Vec<i64> = p.genes.iter().map(|&g| i64::from(g)).collect();
+        let pad: Vec<bool> = p.genes.iter().map(|&g| g == pad_id).collect();
+        let any_pad = pad.iter().any(|&x| x);
+        let int1 = |v: &[u32]| {
+            Tensor::<B, 1, Int>::from_data(
+                TensorData::new(
+                    v.iter().map(|&x| i64::from(x)).collect::<Vec<_>>(),
+                    [v.len()],
+                ),
+                device,
+            )
+        };
+        let batch_ids = if batch_labels {
+            self.batches.as_deref()
+        } else {
+            None
+        };
+        TrainBatch {
+            tokens: TokenBatch {
+                src: Tensor::from_data(TensorData::new(ids, shape), device),
+                values: Tensor::from_data(
+                    TensorData::new(self.input_values.clone(), shape),
+                    device,
+                ),
+                padding: any_pad.then(|| Tensor::from_data(TensorData::new(pad, shape), device)),
+                batch_labels: batch_ids.map(int1),
+                dsbn_domain: batch_ids.and_then(|b| b.first().map(|&x| x as usize)),
+                mod_types: None,
+                pert_flags: None,
+            },
+            target: Tensor::from_data(TensorData::new(p.values.clone(), shape), device),
+            masked: Tensor::from_data(TensorData::new(self.masked.clone(), shape), device),
+            labels: self.labels.as_deref().map(int1),
+        }
+    }
+}
