@@ -1,9 +1,11 @@
 //! The command-line interface: one subcommand per engine capability.
 
+mod annotate;
 mod convert;
 mod embed;
 mod inspect;
 mod preprocess;
+mod train;
 
 use std::path::PathBuf;
 
@@ -33,6 +35,15 @@ pub enum Command {
     /// scGPT preprocessing with scanpy's numbers: filters, normalize_total, log1p, highly
     /// variable genes, value binning (layers X_normed, X_log1p, X_binned).
     Preprocess(preprocess::Args),
+    /// Fine-tune a model on a labelled reference (CLS, GEP, GEPC, ECS, DAR, CCE objectives).
+    Finetune(train::FinetuneArgs),
+    /// Pretrain an scGPT-architecture model from scratch on a corpus (generative objective).
+    Pretrain(train::PretrainArgs),
+    /// Label a query with a fine-tuned model (obs label + confidence, "Unknown" below a
+    /// threshold).
+    Annotate(annotate::AnnotateArgs),
+    /// Zero-shot reference mapping: kNN majority vote on cell embeddings.
+    Map(annotate::MapArgs),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -41,5 +52,9 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Convert(a) => convert::run(&a),
         Command::Embed(a) => embed::run(&a),
         Command::Preprocess(a) => preprocess::run(&a),
+        Command::Finetune(a) => train::run_finetune_cmd(&a),
+        Command::Pretrain(a) => train::run_pretrain_cmd(&a),
+        Command::Annotate(a) => annotate::run_annotate_cmd(&a),
+        Command::Map(a) => annotate::run_map_cmd(&a),
     }
 }

@@ -17,6 +17,7 @@ use crate::tokenize::{
 use crate::vocab::GeneVocab;
 
 use super::TrainError;
+use super::cache::{TokenSink, TokenStore};
 
 /// How cells become tokens.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -33,9 +34,9 @@ pub struct TokenSettings {
 }
 
 /// Cells of one dataset, tokenised, with their labels.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct CellSet {
-    pub cells: Vec<CellTokens>,
+    pub cells: TokenStore,
     /// Row of each cell in the file.
     pub rows: Vec<usize>,
     pub n_rows: usize,
@@ -98,9 +99,7 @@ fn codes(
     Ok((out, names))
 }
 
-/// Read and tokenise every cell of `path` (X, or `layer`). Genes are matched to the
-/// vocabulary by `gene_names` (one per var row). Binning is per cell over its vocabulary
-/// genes, seeded by `seed` and the row, so a cell always gets the same tokens.
+/// Read and tokenise every cell of `path` into memory; see [`load_cells_into`].
 #[allow(clippy::too_many_arguments)]
 pub fn load_cells(
     path: &Path,
@@ -113,6 +112,44 @@ pub fn load_cells(
     fixed_batches: Option<&[String]>,
     settings: &TokenSettings,
     seed: u64,
+) -> Result<CellSet, TrainError> {
+    let mut sink = TokenSink::Memory(Vec::new());
+    let mut set = load_cells_into(
+        path,
+        layer,
+        gene_names,
+        vocab,
+        label_key,
+        batch_key,
+        fixed_classes,
+        fixed_batches,
+        settings,
+        seed,
+        &mut sink,
+    )?;
+    set.cells = sink
+        .finish()
+        .map_err(|e| TrainError::Input(e.to_string()))?;
+    Ok(set)
+}
+
+/// Read and tokenise every cell of `path` (X, or `layer`) into `sink`; the returned set
+/// has everything but the tokens. Genes are matched to the vocabulary by `gene_names` (one
+/// per var row). Binning is per cell over its vocabulary genes, seeded by `seed` and the
+/// row, so a cell always gets the same tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn load_cells_into(
+    path: &Path,
+    layer: Option<&str>,
+    gene_names: &dyn Fn(&BackedH5ad) -> Result<Vec<String>, String>,
+    vocab: &GeneVocab,
+    label_key: Option<&str>,
+    batch_key: Option<&str>,
+    fixed_classes: Option<&[String]>,
+    fixed_batches: Option<&[String]>,
+    settings: &TokenSettings,
+    seed: u64,
+    sink: &mut TokenSink,
 ) -> Result<CellSet, TrainError> {
     let matrix = match layer {
         Some(l) => format!("layers/{l}"),
@@ -205,8 +242,8 @@ pub fn load_cells(
             let mut rng = Rng::for_item(seed, row as u64);
             let (bins, _) = bin_cell(&dense, settings.n_bins, precision, &mut rng);
             let bins: Vec<f32> = bins.iter().map(|&b| f32::from(b)).collect();
-            set.cells
-                .push(tokenize_values(&col_genes, &bins, cls_id, &opts, &mut rng));
+            sink.push(tokenize_values(&col_genes, &bins, cls_id, &opts, &mut rng))
+                .map_err(|e| TrainError::Input(e.to_string()))?;
             set.rows.push(row);
             set.labels.push(labels[row]);
             set.batches.push(batches[row]);
@@ -290,7 +327,7 @@ pub fn host_batch(
     mask_ratio: f64,
     rng: &mut Rng,
 ) -> HostBatch {
-    let cells: Vec<CellTokens> = idx.iter().map(|&i| set.cells[i].clone()).collect();
+    let cells: Vec<CellTokens> = idx.iter().map(|&i| set.cells.get(i)).collect();
     let padded = pad_batch(&cells, settings.max_len, pad_id, settings.pad_value);
     let (input_values, mask) = if mask_ratio > 0.0 {
         random_mask_value(&padded, pad_id, mask_ratio, settings.mask_value, 1, rng)

@@ -280,6 +280,8 @@ fn run_on<B: AutodiffBackend>(
         req.dropout,
     );
     mc.validate()?;
+    // New heads start from seeded weights, so a run is reproducible (and resumable).
+    B::seed(device, cfg.seed);
     let mut model = ScGpt::<B>::init(&mc, device);
     model.set_gene_padding_idx(files.pad_id());
     let report = load_matching(&mut model, &files.weights, device);

@@ -11,10 +11,12 @@
 //! (seed, step), so a run resumed from a checkpoint takes the same steps as one that was
 //! never interrupted.
 
+pub mod cache;
 pub mod data;
 pub mod finetune;
 pub mod loss;
 pub mod optim;
+pub mod pretrain;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -326,6 +328,58 @@ pub struct TrainConfig {
     pub use_batch_labels: bool,
     /// Minibatches of one batch label each (needed by DSBN).
     pub by_batch: bool,
+    /// Generative pretraining instead of the fine-tuning objectives.
+    #[serde(default)]
+    pub generative: Option<pretrain::GenerativeSettings>,
+}
+
+/// A minibatch's losses and its class labels (for accuracy).
+type LabelledLosses<B> = (Losses<B>, Option<Vec<u32>>);
+
+/// One minibatch's losses (and its class labels, for accuracy), built from the cells `idx`
+/// with masking / gene splits drawn from `rng`. `None` when the cells are too short for
+/// the generative split.
+#[allow(clippy::too_many_arguments)]
+fn batch_losses<B: Backend>(
+    model: &ScGpt<B>,
+    set: &CellSet,
+    idx: &[usize],
+    cfg: &TrainConfig,
+    pad_id: u32,
+    rng: &mut Rng,
+    step: u64,
+    device: &B::Device,
+) -> Result<Option<LabelledLosses<B>>, TrainError> {
+    match &cfg.generative {
+        Some(g) => {
+            let cells: Vec<crate::tokenize::CellTokens> =
+                idx.iter().map(|&i| set.cells.get(i)).collect();
+            let ratio = if g.ratios.is_empty() {
+                0.5
+            } else {
+                g.ratios[rng.below(g.ratios.len())]
+            };
+            let Some(h) = pretrain::gen_host_batch(
+                &cells,
+                ratio,
+                cfg.tokens.max_len,
+                pad_id,
+                cfg.tokens.pad_value,
+                rng,
+            ) else {
+                return Ok(None);
+            };
+            let prompt = g.cell_prompt_after.is_some_and(|a| step >= a);
+            let l = pretrain::generative_losses(model, &h, pad_id, g, prompt, device)?;
+            Ok(Some((l, None)))
+        }
+        None => {
+            let host = host_batch(set, idx, &cfg.tokens, pad_id, cfg.mask_ratio, rng);
+            let tb = host.to_device::<B>(pad_id, cfg.use_batch_labels, device);
+            let l = compute_losses(model, &tb, &cfg.objectives)?;
+            Ok(Some((l, host.labels)))
+        }
+    }
 }
 
 /// Per-step progress.
@@ -407,19 +461,30 @@ fn save_checkpoint<B: AutodiffBackend>(
     adam: &Adam<B>,
     state: &CheckpointState,
 ) -> Result<PathBuf, TrainError> {
+    // A checkpoint is a folder written whole under a new name, then swapped in, so a kill
+    // at any moment leaves one complete checkpoint (`checkpoint`, or `checkpoint.old`
+    // between the two renames).
     let dir = out.join(CKPT_DIR);
-    // Weights first, state last: the state names a step only once its weights are on disk.
+    let new = out.join(format!("{CKPT_DIR}.new"));
+    let old = out.join(format!("{CKPT_DIR}.old"));
+    let _ = std::fs::remove_dir_all(&new);
     let mut inner = model.valid();
     crate::model::save_native(
         &mut inner,
         vocab,
-        &dir,
+        &new,
         serde_json::json!({"checkpoint_step": state.step}),
     )?;
-    let moments = adam.state_tensors().map_err(|e| ckpt_err(&dir, e))?;
-    crate::model::write_safetensors(&dir.join(CKPT_OPTIM), &moments)?;
-    let text = serde_json::to_string_pretty(state).map_err(|e| ckpt_err(&dir, e))?;
-    crate::model::write_atomic(&dir.join(CKPT_STATE), text.as_bytes())?;
+    let moments = adam.state_tensors().map_err(|e| ckpt_err(&new, e))?;
+    crate::model::write_safetensors(&new.join(CKPT_OPTIM), &moments)?;
+    let text = serde_json::to_string_pretty(state).map_err(|e| ckpt_err(&new, e))?;
+    crate::model::write_atomic(&new.join(CKPT_STATE), text.as_bytes())?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(&dir, &old).map_err(|e| ckpt_err(&dir, e))?;
+    }
+    std::fs::rename(&new, &dir).map_err(|e| ckpt_err(&dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
     Ok(dir)
 }
 
@@ -431,7 +496,12 @@ struct Checkpoint {
 }
 
 fn read_checkpoint(out: &Path) -> Result<Option<Checkpoint>, TrainError> {
-    let dir = out.join(CKPT_DIR);
+    let mut dir = out.join(CKPT_DIR);
+    let old = out.join(format!("{CKPT_DIR}.old"));
+    if !dir.join(CKPT_STATE).is_file() && old.join(CKPT_STATE).is_file() {
+        // Killed between the two renames of a checkpoint swap.
+        dir = old;
+    }
     let state_path = dir.join(CKPT_STATE);
     if !state_path.is_file() {
         return Ok(None);
@@ -519,9 +589,10 @@ fn validate<B: Backend>(
     let (mut truth, mut pred) = (Vec::new(), Vec::new());
     for (bi, idx) in batches.iter().enumerate() {
         let mut rng = Rng::for_item(cfg.seed ^ 0x7a11d, (epoch as u64) << 32 | bi as u64);
-        let host = host_batch(set, idx, &cfg.tokens, pad_id, cfg.mask_ratio, &mut rng);
-        let tb = host.to_device::<B>(pad_id, cfg.use_batch_labels, device);
-        let l = compute_losses(model, &tb, &cfg.objectives)?;
+        let Some((l, labels)) = batch_losses(model, set, idx, cfg, pad_id, &mut rng, 0, device)?
+        else {
+            continue;
+        };
         let w = idx.len() as f64;
         for (i, (name, _, t)) in l.terms.iter().enumerate() {
             let v = scalar(t.clone());
@@ -532,7 +603,7 @@ fn validate<B: Backend>(
         }
         total += scalar(l.total) * w;
         n += idx.len();
-        if let (Some(logits), Some(labels)) = (l.cls_logits, &host.labels) {
+        if let (Some(logits), Some(labels)) = (l.cls_logits, &labels) {
             let am = logits
                 .argmax(1)
                 .into_data()
@@ -570,10 +641,11 @@ pub fn train<B: AutodiffBackend>(
     events: &mut dyn FnMut(TrainEvent) -> ControlFlow<()>,
 ) -> Result<(ScGpt<B>, History), TrainError> {
     let obj = &cfg.objectives;
-    if obj.active().is_empty() {
+    let finetuning = cfg.generative.is_none();
+    if finetuning && obj.active().is_empty() {
         return Err(TrainError::Objectives("no objective is on".into()));
     }
-    if obj.needs_mask() && cfg.mask_ratio <= 0.0 {
+    if finetuning && obj.needs_mask() && cfg.mask_ratio <= 0.0 {
         return Err(TrainError::Objectives(
             "GEP/GEPC predict masked values: set a mask ratio above 0 (scGPT uses 0.4)".into(),
         ));
@@ -645,9 +717,12 @@ pub fn train<B: AutodiffBackend>(
             let step = state.step;
             B::seed(device, mix(cfg.seed, 0xd409, step));
             let mut rng = Rng::for_item(cfg.seed ^ 0x3a5c, step);
-            let host = host_batch(set, idx, &cfg.tokens, pad_id, cfg.mask_ratio, &mut rng);
-            let tb = host.to_device::<B>(pad_id, cfg.use_batch_labels, device);
-            let losses = compute_losses(&model, &tb, obj)?;
+            let Some((losses, _)) =
+                batch_losses(&model, set, idx, cfg, pad_id, &mut rng, step, device)?
+            else {
+                state.batch_in_epoch += 1;
+                continue;
+            };
             let total = scalar(losses.total.clone());
             if !total.is_finite() {
                 return Err(TrainError::NotFinite {
