@@ -1,5 +1,7 @@
 //! cellforge-core: the engine behind the cellforge app and CLI, with no GUI dependency.
 //!
+//! - [`analysis`]: metrics (classification, NMI/ARI, silhouette), exact kNN + UMAP
+//!   connectivities, Leiden, scib-style integration metrics.
 //! - [`anndata`]: the in-memory AnnData object.
 //! - [`io`]: h5ad reading (including legacy layouts), atomic writing, backed chunked reads.
 //! - [`summary`]: what a file holds, in words (the `inspect` command and the data panel).
@@ -11,6 +13,7 @@
 //! - [`tl`]: tools on top of the model (`tl::embed`: cell embeddings).
 //! - [`train`]: fine-tuning objectives, optimiser, training loop with checkpoints.
 
+pub mod analysis;
 pub mod anndata;
 pub mod checkpoint;
 pub mod device;

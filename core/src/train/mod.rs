@@ -526,38 +526,6 @@ fn mix(seed: u64, salt: u64, i: u64) -> u64 {
     Rng::for_item(seed ^ salt, i).next_u64()
 }
 
-/// Accuracy and macro F1 (over classes present in truth or prediction).
-pub fn accuracy_macro_f1(truth: &[u32], pred: &[u32]) -> (f64, f64) {
-    let n = truth.len().max(1);
-    let correct = truth.iter().zip(pred).filter(|(a, b)| a == b).count();
-    let mut classes: Vec<u32> = truth.iter().chain(pred).copied().collect();
-    classes.sort_unstable();
-    classes.dedup();
-    let mut f1 = 0.0;
-    for &c in &classes {
-        let tp = truth
-            .iter()
-            .zip(pred)
-            .filter(|&(&t, &p)| t == c && p == c)
-            .count() as f64;
-        let fp = truth
-            .iter()
-            .zip(pred)
-            .filter(|&(&t, &p)| t != c && p == c)
-            .count() as f64;
-        let fn_ = truth
-            .iter()
-            .zip(pred)
-            .filter(|&(&t, &p)| t == c && p != c)
-            .count() as f64;
-        let denom = 2.0 * tp + fp + fn_;
-        if denom > 0.0 {
-            f1 += 2.0 * tp / denom;
-        }
-    }
-    (correct as f64 / n as f64, f1 / classes.len().max(1) as f64)
-}
-
 /// Validation loss, its terms, and (accuracy, macro F1) when the classifier is trained.
 type Validation = (f64, Vec<(String, f64)>, Option<(f64, f64)>);
 
@@ -618,7 +586,9 @@ fn validate<B: Backend>(
     for s in &mut sums {
         s.1 /= n;
     }
-    let acc = (!truth.is_empty()).then(|| accuracy_macro_f1(&truth, &pred));
+    let acc = crate::analysis::metrics::classification_report(&truth, &pred)
+        .ok()
+        .map(|r| (r.accuracy, r.macro_f1));
     Ok((total / n, sums, acc))
 }
 
