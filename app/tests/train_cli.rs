@@ -50,6 +50,7 @@ const TINY: &[&str] = &[
 fn pretrain(data: &Path, out: &Path) {
     let mut args = vec![
         "pretrain",
+        "--corpus",
         s(data),
         "--output",
         s(out),
@@ -57,6 +58,7 @@ fn pretrain(data: &Path, out: &Path) {
         "counts",
         "--epochs",
         "1",
+        "--token-cache",
     ];
     args.extend_from_slice(TINY);
     let o = cellforge(&args);
@@ -64,6 +66,8 @@ fn pretrain(data: &Path, out: &Path) {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("corpus: 1 file(s), 1200 cells"), "{t}");
     assert!(out.join("model.safetensors").is_file());
+    // the corpus went through the memory-mapped token cache
+    assert!(out.join("tokens.cftok").is_file());
 }
 
 fn finetune_args<'a>(data: &'a str, model: &'a str, out: &'a str) -> Vec<&'a str> {

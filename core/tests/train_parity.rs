@@ -55,6 +55,7 @@ fn objectives(t: &serde_json::Value) -> Objectives {
         dar: g("dab"),
         cls: g("cls"),
         cce: g("cce"),
+        class_weights: Vec::new(),
     }
 }
 
@@ -462,6 +463,7 @@ fn single(name: &str) -> Objectives {
         dar: 0.0,
         cls: 0.0,
         cce: 0.0,
+        class_weights: Vec::new(),
     };
     match name {
         "gep" => o.gep = 1.0,

@@ -24,7 +24,7 @@ pub struct QueryArgs {
     /// Cells below this confidence are labelled "Unknown".
     #[arg(long, default_value_t = 0.5)]
     pub min_confidence: f64,
-    /// Use a layer instead of X.
+    /// Use a layer instead of X, or `raw` for raw/X.
     #[arg(long)]
     pub layer: Option<String>,
     /// Gene names to match against the vocabulary: `index` (var_names) or a var column.

@@ -40,7 +40,7 @@ pub struct Common {
     /// Most tokens per cell, <cls> included (cells with more genes are subsampled).
     #[arg(long)]
     pub max_len: Option<usize>,
-    /// Use a layer instead of X (e.g. counts).
+    /// Use a layer instead of X (e.g. counts), or `raw` for raw/X.
     #[arg(long)]
     pub layer: Option<String>,
     /// Gene names to match against the vocabulary: `index` (var_names) or a var column.
@@ -162,6 +162,10 @@ pub struct FinetuneArgs {
     /// Keep zero-expressed genes in the input (integration tutorial).
     #[arg(long)]
     pub include_zero_genes: bool,
+    /// Weigh the CLS loss by inverse class frequency, so rare cell types count as much as
+    /// common ones (not in scGPT's recipe; helps macro F1).
+    #[arg(long)]
+    pub balance_classes: bool,
     /// ECS similarity threshold (integration tutorial: 0.8).
     #[arg(long, default_value_t = 0.8)]
     pub ecs_threshold: f64,
@@ -178,7 +182,7 @@ pub struct FinetuneArgs {
 #[derive(Debug, clap::Args)]
 pub struct PretrainArgs {
     /// Corpus: .h5ad files and/or folders of them (raw counts or log-normalised).
-    #[arg(required = true)]
+    #[arg(long, required = true, num_args = 1..)]
     pub corpus: Vec<PathBuf>,
     /// Folder for the model (best by validation loss), checkpoints and token cache.
     #[arg(short, long)]
@@ -342,6 +346,7 @@ pub fn run_finetune_cmd(a: &FinetuneArgs) -> anyhow::Result<()> {
         resume: c.resume,
         dsbn: a.dsbn,
         explicit_zero_prob: a.explicit_zero_prob,
+        balance_classes: a.balance_classes,
         dropout: c.dropout,
     };
     let mut p = Printer::new();

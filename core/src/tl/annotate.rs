@@ -15,10 +15,10 @@ use rayon::prelude::*;
 use crate::anndata::{AnnData, ArrayData, Categorical, DenseArray, Element, Mapping};
 use crate::device::{BackendKind, DeviceChoice, DeviceRequest};
 use crate::io::{BackedH5ad, WriteOptions, read_h5ad_with_warnings, write_h5ad};
-use crate::model::{Heads, ModelFiles};
+use crate::model::{Heads, ModelFiles, ModelOutput, ScGpt};
 use crate::tokenize::Rng;
 use crate::train::TrainError;
-use crate::train::data::host_batch;
+use crate::train::data::{CellSet, TokenSettings, host_batch};
 use crate::train::finetune::{ModelLabels, read_cells};
 
 use super::embed::{EmbedOptions, embed_backed};
@@ -286,57 +286,129 @@ fn predict<B: Backend>(
         .vocab
         .special(&files.config.pad_token)
         .map_err(TrainError::Input)?;
-    // Similar lengths (and one batch label, for DSBN) per forward pass.
-    let mut order: Vec<usize> = (0..set.cells.len()).collect();
-    order.sort_by_key(|&i| (set.batches[i], std::cmp::Reverse(set.cells.cell_len(i))));
     let mut rows = vec![None; set.n_rows];
     let k = labels.classes.len();
-    let mut done = 0;
-    let groups: Vec<Vec<usize>> = order
-        .chunk_by(|a, b| set.batches[*a] == set.batches[*b])
-        .flat_map(|g| {
-            g.chunks(req.batch_size.max(1))
-                .map(<[usize]>::to_vec)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    for idx in groups {
-        let mut rng = Rng::new(req.seed);
-        let host = host_batch(&set, &idx, &labels.tokens, pad_id, 0.0, &mut rng);
-        let tb = host.to_device::<B>(pad_id, labels.use_batch_labels, device);
-        let out = model.forward(
-            &tb.tokens,
-            Heads {
-                cls: true,
-                mvc: false,
-            },
-        )?;
-        let logits = out
-            .cls_output
-            .ok_or(crate::model::ForwardError::MissingHead("classifier"))?;
-        let p: Vec<f32> = softmax(logits, 1)
-            .into_data()
-            .convert::<f32>()
-            .into_vec()
-            .map_err(|e| TrainError::Readback(format!("{e:?}")))?;
-        for (j, &i) in idx.iter().enumerate() {
-            rows[set.rows[i]] = Some(p[j * k..(j + 1) * k].to_vec());
-        }
-        done += idx.len();
-        if events(AnnotateEvent::Progress {
-            done,
-            total: set.cells.len(),
-        })
-        .is_break()
-        {
-            return Err(TrainError::Cancelled);
-        }
-    }
+    let heads = Heads {
+        cls: true,
+        mvc: false,
+    };
+    forward_set(
+        &model,
+        &set,
+        &labels.tokens,
+        pad_id,
+        labels.use_batch_labels,
+        req.batch_size,
+        heads,
+        device,
+        &mut |idx, out, done| {
+            let logits = out
+                .cls_output
+                .ok_or(crate::model::ForwardError::MissingHead("classifier"))?;
+            let p: Vec<f32> = softmax(logits, 1)
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| TrainError::Readback(format!("{e:?}")))?;
+            for (j, &i) in idx.iter().enumerate() {
+                rows[set.rows[i]] = Some(p[j * k..(j + 1) * k].to_vec());
+            }
+            if events(AnnotateEvent::Progress {
+                done,
+                total: set.cells.len(),
+            })
+            .is_break()
+            {
+                return Err(TrainError::Cancelled);
+            }
+            Ok(())
+        },
+    )?;
     Ok(Probabilities {
         rows,
         device: std::any::type_name::<B>().to_string(),
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Called per minibatch with the set's cell indices, the model output and the cells done.
+pub type EachBatch<'a, B> =
+    dyn FnMut(&[usize], ModelOutput<B>, usize) -> Result<(), TrainError> + 'a;
+
+/// Runs the evaluation-mode model over every cell of `set` in minibatches of similar
+/// length (one batch label each, for DSBN), calling `each(cells, output, cells_done)`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_set<B: Backend>(
+    model: &ScGpt<B>,
+    set: &CellSet,
+    tokens: &TokenSettings,
+    pad_id: u32,
+    use_batch_labels: bool,
+    batch_size: usize,
+    heads: Heads,
+    device: &B::Device,
+    each: &mut EachBatch<'_, B>,
+) -> Result<(), TrainError> {
+    let mut order: Vec<usize> = (0..set.cells.len()).collect();
+    order.sort_by_key(|&i| (set.batches[i], std::cmp::Reverse(set.cells.cell_len(i))));
+    let groups: Vec<Vec<usize>> = order
+        .chunk_by(|a, b| set.batches[*a] == set.batches[*b])
+        .flat_map(|g| {
+            g.chunks(batch_size.max(1))
+                .map(<[usize]>::to_vec)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut done = 0;
+    for idx in groups {
+        let mut rng = Rng::new(0);
+        let host = host_batch(set, &idx, tokens, pad_id, 0.0, &mut rng);
+        let tb = host.to_device::<B>(pad_id, use_batch_labels, device);
+        let out = model.forward(&tb.tokens, heads)?;
+        done += idx.len();
+        each(&idx, out, done)?;
+    }
+    Ok(())
+}
+
+/// L2-normalised cell embeddings of every cell of `set`, row-major `[set.n_rows, d]` in file
+/// order (zero rows for cells without expressed genes). Unlike `embed`, batch labels reach
+/// the model, so models with batch tokens or DSBN embed as they were trained.
+#[allow(clippy::too_many_arguments)]
+pub fn embed_set<B: Backend>(
+    model: &ScGpt<B>,
+    set: &CellSet,
+    tokens: &TokenSettings,
+    pad_id: u32,
+    use_batch_labels: bool,
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<Vec<f32>, TrainError> {
+    let d = model.config().d_model;
+    let mut out = vec![0f32; set.n_rows * d];
+    forward_set(
+        model,
+        set,
+        tokens,
+        pad_id,
+        use_batch_labels,
+        batch_size,
+        Heads::default(),
+        device,
+        &mut |idx, o, _| {
+            let e: Vec<f32> = crate::model::net::l2_normalize(o.cell_emb)
+                .into_data()
+                .convert::<f32>()
+                .into_vec()
+                .map_err(|e| TrainError::Readback(format!("{e:?}")))?;
+            for (j, &i) in idx.iter().enumerate() {
+                let r = set.rows[i];
+                out[r * d..(r + 1) * d].copy_from_slice(&e[j * d..(j + 1) * d]);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(out)
 }
 
 /// `cellforge map`.
@@ -409,11 +481,12 @@ fn embed_file<B: Backend>(
     events: &mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>,
 ) -> Result<(Vec<f32>, usize, BackedH5ad), TrainError> {
     let (model, _) = files.build::<B>(device)?;
-    let matrix = layer.map_or("X".to_string(), |l| format!("layers/{l}"));
-    let backed = BackedH5ad::open_matrix(path, &matrix).map_err(|source| TrainError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let backed = BackedH5ad::open_matrix(path, &crate::train::data::matrix_path(layer)).map_err(
+        |source| TrainError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+    )?;
     let names = gene_names(&backed.var, gene_col).map_err(TrainError::Input)?;
     let ids = files.vocab.match_genes(&names).ids;
     let res = embed_backed(

@@ -33,6 +33,15 @@ pub struct TokenSettings {
     pub mask_value: f32,
 }
 
+/// The h5ad path of the matrix to read: `X`, `layers/<name>`, or `raw/X` for `raw`.
+pub fn matrix_path(layer: Option<&str>) -> String {
+    match layer {
+        None => "X".to_string(),
+        Some("raw") => "raw/X".to_string(),
+        Some(l) => format!("layers/{l}"),
+    }
+}
+
 /// Cells of one dataset, tokenised, with their labels.
 #[derive(Debug, Default)]
 pub struct CellSet {
@@ -151,14 +160,11 @@ pub fn load_cells_into(
     seed: u64,
     sink: &mut TokenSink,
 ) -> Result<CellSet, TrainError> {
-    let matrix = match layer {
-        Some(l) => format!("layers/{l}"),
-        None => "X".to_string(),
-    };
-    let backed = BackedH5ad::open_matrix(path, &matrix).map_err(|source| TrainError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let backed =
+        BackedH5ad::open_matrix(path, &matrix_path(layer)).map_err(|source| TrainError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
     let names = gene_names(&backed).map_err(TrainError::Input)?;
     let matched = vocab.match_genes(&names);
     let genes_matched = matched.n_matched;

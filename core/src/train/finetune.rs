@@ -70,6 +70,8 @@ pub struct FinetuneRequest {
     pub dsbn: bool,
     /// Zero-probability heads on the decoders (Bernoulli NLL terms).
     pub explicit_zero_prob: bool,
+    /// Weigh the CLS loss by inverse class frequency (scikit-learn's "balanced").
+    pub balance_classes: bool,
     pub dropout: f32,
 }
 
@@ -225,7 +227,7 @@ fn run_on<B: AutodiffBackend>(
     cfg.tokens.pad_value = base.pad_value;
     cfg.tokens.mask_value = base.mask_value;
     cfg.tokens.n_bins = base.n_bins;
-    let o = &cfg.objectives;
+    let o = cfg.objectives.clone();
     if o.cls > 0.0 && req.label_key.is_none() {
         return Err(TrainError::Input(
             "the CLS objective needs --label-key (the obs column with cell types)".into(),
@@ -262,6 +264,10 @@ fn run_on<B: AutodiffBackend>(
         )));
     }
     let (train_items, valid_items) = split(&usable, req.validation_fraction, cfg.seed);
+    if req.balance_classes && cfg.objectives.cls > 0.0 {
+        cfg.objectives.class_weights =
+            super::balanced_class_weights(&set.labels, &train_items, set.class_names.len());
+    }
     let _ = events(FinetuneEvent::Data {
         n_train: train_items.len(),
         n_valid: valid_items.len(),

@@ -45,6 +45,25 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 2>, labels: Tensor<B, 1, Int>
     picked.mean().neg()
 }
 
+/// Class-weighted mean cross-entropy (PyTorch's `CrossEntropyLoss(weight=w)`):
+/// `sum_i w[y_i] * nll_i / sum_i w[y_i]`.
+pub fn weighted_cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: Tensor<B, 1, Int>,
+    weights: &[f32],
+) -> Tensor<B, 1> {
+    let [b, _] = logits.dims();
+    let device = logits.device();
+    let w = Tensor::<B, 1>::from_data(
+        burn::tensor::TensorData::new(weights.to_vec(), [weights.len()]),
+        &device,
+    );
+    let wy = w.select(0, labels.clone());
+    let logp = log_softmax(logits, 1);
+    let picked = logp.gather(1, labels.reshape([b, 1])).reshape([b]);
+    (picked * wy.clone()).sum().neg() / wy.sum()
+}
+
 /// scGPT's elastic cell similarity: cosine similarities of the L2-normalised cell
 /// embeddings with the diagonal zeroed, negatives cut to 0, then
 /// `mean(1 - (S - beta)^2)` over all `B x B` entries.
@@ -97,6 +116,23 @@ mod tests {
         let v = neg_log_bernoulli(p, target, mask).into_scalar() as f64;
         let want = -(0.8f64.ln() + 0.7f64.ln()) / 2.0;
         assert!((v - want).abs() < 1e-6, "{v} vs {want}");
+    }
+
+    #[test]
+    fn weighted_cross_entropy_reduces_to_the_plain_one_and_weighs() {
+        let logits = t2(&[2.0, 0.0, 0.5, 1.0, 0.0, 3.0], [3, 2]);
+        let labels = Tensor::<B, 1, Int>::from_data(
+            TensorData::new(vec![0i64, 1, 0], [3]),
+            &Default::default(),
+        );
+        let plain = cross_entropy(logits.clone(), labels.clone()).into_scalar();
+        let even =
+            weighted_cross_entropy(logits.clone(), labels.clone(), &[1.0, 1.0]).into_scalar();
+        assert!((plain - even).abs() < 1e-6);
+        // Only class 1 counts: the loss is row 1's NLL.
+        let only1 = weighted_cross_entropy(logits, labels, &[0.0, 1.0]).into_scalar() as f64;
+        let want = -(1.0f64.exp() / (0.5f64.exp() + 1.0f64.exp())).ln();
+        assert!((only1 - want).abs() < 1e-6, "{only1} vs {want}");
     }
 
     #[test]

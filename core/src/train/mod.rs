@@ -91,6 +91,40 @@ pub struct Objectives {
     pub cls: f64,
     /// Contrastive cell embedding (the tutorials multiply it by 10).
     pub cce: f64,
+    /// Per-class weights of the CLS loss (empty: unweighted, as scGPT). See
+    /// [`balanced_class_weights`].
+    #[serde(default)]
+    pub class_weights: Vec<f32>,
+}
+
+/// scikit-learn's "balanced" class weights, `n / (k * count_c)`, over the labelled cells
+/// `items` (classes without cells get weight 0). Rare cell types then count as much as
+/// common ones in the CLS loss, which is what macro F1 rewards.
+pub fn balanced_class_weights(
+    labels: &[Option<u32>],
+    items: &[usize],
+    n_classes: usize,
+) -> Vec<f32> {
+    let mut counts = vec![0usize; n_classes];
+    for &i in items {
+        if let Some(l) = labels[i]
+            && let Some(c) = counts.get_mut(l as usize)
+        {
+            *c += 1;
+        }
+    }
+    let n: usize = counts.iter().sum();
+    let k = counts.iter().filter(|&&c| c > 0).count().max(1);
+    counts
+        .iter()
+        .map(|&c| {
+            if c == 0 {
+                0.0
+            } else {
+                (n as f64 / (k as f64 * c as f64)) as f32
+            }
+        })
+        .collect()
 }
 
 impl Default for Objectives {
@@ -103,6 +137,7 @@ impl Default for Objectives {
             dar: 0.0,
             cls: 1.0,
             cce: 0.0,
+            class_weights: Vec::new(),
         }
     }
 }
@@ -269,7 +304,12 @@ pub fn compute_losses<B: Backend>(
             .labels
             .clone()
             .ok_or(ForwardError::MissingInput("cell labels"))?;
-        terms.push(("cls", obj.cls, loss::cross_entropy(logits, labels)));
+        let ce = if obj.class_weights.is_empty() {
+            loss::cross_entropy(logits, labels)
+        } else {
+            loss::weighted_cross_entropy(logits, labels, &obj.class_weights)
+        };
+        terms.push(("cls", obj.cls, ce));
     }
     let mut total: Option<Tensor<B, 1>> = None;
     for (_, w, t) in &terms {

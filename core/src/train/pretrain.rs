@@ -315,7 +315,7 @@ fn read_genes(
     layer: Option<&str>,
     col: &GeneColumn,
 ) -> Result<Vec<String>, TrainError> {
-    let matrix = layer.map_or("X".to_string(), |l| format!("layers/{l}"));
+    let matrix = super::data::matrix_path(layer);
     let b =
         crate::io::BackedH5ad::open_matrix(path, &matrix).map_err(|source| TrainError::Read {
             path: path.display().to_string(),

@@ -1,0 +1,656 @@
+//! Does the training engine learn on real data? An evaluation run that prints tables:
+//!
+//! 1. Symphony PBMCs (`symphony_pbmcs_small.h5ad`), reference = chemistries 3pv2 + 5p,
+//!    query = 3pv1, label `cell_type`:
+//!    (a) a small scGPT-architecture model pretrained by cellforge (generative objective) on
+//!    the available counts (symphony + harmony), then fine-tuned with CLS on the
+//!    reference, annotating the query;
+//!    (b) zero-shot kNN mapping (k = 10) with the pretrained model's embeddings;
+//!    (c) CellTypist-style logistic regression on log1p CP10k (scikit-learn, run by
+//!    `scripts/bench/annotation_baselines.py` in the same run).
+//!    Accuracy and macro F1 of each, side by side.
+//! 2. pbmc68k_reduced `bulk_labels`, stratified 5-fold (the baseline script's folds): the
+//!    same pretrain -> fine-tune per fold, against the same logistic regression.
+//! 3. Integration on symphony's three chemistries: AvgBIO / AvgBATCH of the pretrained
+//!    model's embedding, and after fine-tuning with batch tokens + DSBN + DAR + ECS (+ GEP,
+//!    GEPC), by cellforge's metrics and by scib on the same embeddings
+//!    (`scripts/bench/scib_metrics.py`).
+//!
+//! Run: `cargo bench -p cellforge-core --bench annotation`. Environment (optional):
+//! `BENCH_D_MODEL` (64), `BENCH_LAYERS` (4), `BENCH_HEADS` (4), `BENCH_PRE_EPOCHS` (15),
+//! `BENCH_FT_EPOCHS` (15), `BENCH_MAX_LEN` (256), `BENCH_PRETRAINED` (a model folder an
+//! earlier run pretrained on the same corpus, reused instead of pretraining), `BENCH_BALANCE`
+//! (`1`: class-balanced CLS loss), `BENCH_SKIP` (comma list of `symphony`,
+//! `pbmc68k`, `integration`), `BENCH_DIR` (default `<repo>/target/bench-data/annotation`),
+//! `CELLFORGE_SHARED_DATA`, `CELLFORGE_PYTHON` (default `<repo>/.venv/bin/python`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use cellforge_core::analysis::DenseMatrix;
+use cellforge_core::analysis::integration::{IntegrationOptions, integration_metrics};
+use cellforge_core::analysis::metrics::classification_report;
+use cellforge_core::anndata::{AnnData, ArrayData, DenseArray, Element};
+use cellforge_core::device::DeviceRequest;
+use cellforge_core::io::{WriteOptions, read_h5ad, write_h5ad};
+use cellforge_core::model::ModelFiles;
+use cellforge_core::tl::annotate::{AnnotateRequest, MapRequest, embed_set, run_annotate, run_map};
+use cellforge_core::tl::embed_job::GeneColumn;
+use cellforge_core::train::data::TokenSettings;
+use cellforge_core::train::finetune::{FinetuneRequest, ModelLabels, read_cells, run_finetune};
+use cellforge_core::train::optim::{AdamConfig, Freeze};
+use cellforge_core::train::pretrain::{
+    GenerativeSettings, ModelSize, PretrainRequest, run_pretrain,
+};
+use cellforge_core::train::{Objectives, ScheduleSpec, TrainConfig, TrainEvent};
+use common::{env_usize, repo};
+
+fn shared() -> PathBuf {
+    std::env::var_os("CELLFORGE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"))
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("CELLFORGE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"))
+}
+
+fn skip(what: &str) -> bool {
+    std::env::var("BENCH_SKIP").is_ok_and(|s| s.split(',').any(|x| x.trim() == what))
+}
+
+/// Prints a line per epoch (validation) and a step line every 20 s.
+fn printer(tag: &str) -> impl FnMut(TrainEvent) -> ControlFlow<()> + '_ {
+    let mut last = Instant::now();
+    move |e| {
+        match e {
+            TrainEvent::Validation(v) => eprintln!(
+                "  [{tag}] epoch {}: validation loss {:.4}{}",
+                v.epoch + 1,
+                v.loss,
+                v.accuracy
+                    .map(|a| format!(
+                        ", accuracy {a:.3}, macro F1 {:.3}",
+                        v.macro_f1.unwrap_or(0.0)
+                    ))
+                    .unwrap_or_default()
+            ),
+            TrainEvent::Step(s) if last.elapsed().as_secs() >= 20 => {
+                last = Instant::now();
+                eprintln!(
+                    "  [{tag}] step {}/{}: loss {:.4}, {:.1} cells/s, ETA {:.0} s",
+                    s.step,
+                    s.total_steps,
+                    s.losses.last().map_or(0.0, |l| l.1),
+                    s.cells_per_s,
+                    s.eta_s
+                );
+            }
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+struct Settings {
+    size: ModelSize,
+    pre_epochs: usize,
+    ft_epochs: usize,
+    max_len: usize,
+}
+
+fn train_config(s: &Settings, epochs: usize, lr: f64, generative: bool) -> TrainConfig {
+    TrainConfig {
+        objectives: Objectives::default(),
+        epochs,
+        lr,
+        batch_size: 32,
+        mask_ratio: 0.0,
+        seed: 0,
+        adam: AdamConfig::default(),
+        schedule: if generative {
+            ScheduleSpec::Cosine {
+                warmup_fraction: 0.05,
+            }
+        } else {
+            ScheduleSpec::Step { gamma: 0.9 }
+        },
+        freeze: Freeze::default(),
+        patience: None,
+        checkpoint_every: None,
+        tokens: TokenSettings {
+            include_zero_genes: false,
+            max_len: s.max_len,
+            cls_value: if generative { -2.0 } else { 0.0 },
+            n_bins: 51,
+            pad_value: -2.0,
+            mask_value: -1.0,
+        },
+        use_batch_labels: false,
+        by_batch: false,
+        generative: generative.then(|| GenerativeSettings {
+            cell_prompt_after: Some(300),
+            ..GenerativeSettings::default()
+        }),
+    }
+}
+
+fn pretrain(s: &Settings, corpus: Vec<PathBuf>, layer: Option<&str>, out: &Path) -> f64 {
+    let t = Instant::now();
+    let req = PretrainRequest {
+        corpus,
+        layer: layer.map(String::from),
+        gene_col: GeneColumn::Index,
+        output: out.to_path_buf(),
+        device: DeviceRequest::Cpu,
+        size: s.size.clone(),
+        vocab: None,
+        config: train_config(s, s.pre_epochs, 1e-3, true),
+        validation_fraction: 0.05,
+        resume: false,
+        token_cache: false,
+    };
+    let mut p = printer("pretrain");
+    let r = run_pretrain(&req, &mut |e| match e {
+        cellforge_core::train::pretrain::PretrainEvent::Train(t) => p(t),
+        _ => ControlFlow::Continue(()),
+    })
+    .expect("pretrain");
+    eprintln!(
+        "  pretrained {} parameters on {} cells, {} steps, {:.0} s",
+        r.parameters,
+        r.n_train,
+        r.history.steps,
+        t.elapsed().as_secs_f64()
+    );
+    t.elapsed().as_secs_f64()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finetune(
+    s: &Settings,
+    reference: &Path,
+    layer: Option<&str>,
+    model: &Path,
+    out: &Path,
+    objectives: Objectives,
+    batch_key: Option<&str>,
+    integration: bool,
+) -> f64 {
+    let t = Instant::now();
+    let mut cfg = train_config(s, s.ft_epochs, 1e-3, false);
+    cfg.objectives = objectives;
+    if integration {
+        cfg.mask_ratio = 0.4;
+        cfg.use_batch_labels = true;
+        cfg.by_batch = true;
+    }
+    let req = FinetuneRequest {
+        reference: reference.to_path_buf(),
+        layer: layer.map(String::from),
+        gene_col: GeneColumn::Index,
+        label_key: (!integration).then(|| "cell_type".to_string()),
+        batch_key: batch_key.map(String::from),
+        model_dir: model.to_path_buf(),
+        output: out.to_path_buf(),
+        device: DeviceRequest::Cpu,
+        config: cfg,
+        validation_fraction: 0.1,
+        resume: false,
+        dsbn: integration,
+        explicit_zero_prob: integration,
+        balance_classes: std::env::var("BENCH_BALANCE").is_ok_and(|v| v == "1"),
+        dropout: 0.2,
+    };
+    let mut p = printer("finetune");
+    run_finetune(&req, &mut |e| match e {
+        cellforge_core::train::finetune::FinetuneEvent::Train(t) => p(t),
+        _ => ControlFlow::Continue(()),
+    })
+    .expect("finetune");
+    t.elapsed().as_secs_f64()
+}
+
+/// Accuracy and macro F1 of obs[key] of `out` against obs[truth] of `truth_file`.
+fn score(out: &Path, key: &str, truth_file: &Path, truth: &str) -> (f64, f64) {
+    let a = read_h5ad(out).expect("read output");
+    let t = read_h5ad(truth_file).expect("read truth");
+    let pred = a.obs.categorical(key).expect("labels").labels();
+    let want = t.obs.categorical(truth).expect("truth").labels();
+    let mut names: Vec<String> = pred.iter().chain(&want).flatten().cloned().collect();
+    names.sort();
+    names.dedup();
+    let code = |l: &Option<String>| {
+        names
+            .iter()
+            .position(|n| Some(n) == l.as_ref())
+            .unwrap_or(0) as u32
+    };
+    let p: Vec<u32> = pred.iter().map(code).collect();
+    let w: Vec<u32> = want.iter().map(code).collect();
+    let r = classification_report(&w, &p).expect("report");
+    (r.accuracy, r.macro_f1)
+}
+
+fn annotate(model: &Path, query: &Path, out: &Path, layer: Option<&str>) {
+    let req = AnnotateRequest {
+        model_dir: model.to_path_buf(),
+        query: query.to_path_buf(),
+        output: out.to_path_buf(),
+        layer: layer.map(String::from),
+        gene_col: GeneColumn::Index,
+        key_added: "pred".into(),
+        min_confidence: 0.0,
+        device: DeviceRequest::Cpu,
+        batch_size: 64,
+        seed: 0,
+    };
+    run_annotate(&req, &mut |_| ControlFlow::Continue(())).expect("annotate");
+}
+
+fn map(
+    model: &Path,
+    reference: &Path,
+    query: &Path,
+    out: &Path,
+    layer: Option<&str>,
+    max_len: usize,
+) {
+    let req = MapRequest {
+        reference: reference.to_path_buf(),
+        label_key: "cell_type".into(),
+        query: AnnotateRequest {
+            model_dir: model.to_path_buf(),
+            query: query.to_path_buf(),
+            output: out.to_path_buf(),
+            layer: layer.map(String::from),
+            gene_col: GeneColumn::Index,
+            key_added: "pred".into(),
+            min_confidence: 0.0,
+            device: DeviceRequest::Cpu,
+            batch_size: 64,
+            seed: 0,
+        },
+        k: 10,
+        max_length: max_len,
+    };
+    run_map(&req, &mut |_| ControlFlow::Continue(())).expect("map");
+}
+
+fn write_subset(adata: &AnnData, rows: &[usize], path: &Path) {
+    let (sub, _) = adata.subset(Some(rows), None);
+    write_h5ad(&sub, path, &WriteOptions::default()).expect("write subset");
+}
+
+fn baselines(dir: &Path) -> serde_json::Value {
+    let out = dir.join("baselines.json");
+    let st = Command::new(python())
+        .arg(repo().join("scripts/bench/annotation_baselines.py"))
+        .arg("--data-dir")
+        .arg(shared())
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run annotation_baselines.py");
+    assert!(st.success(), "annotation_baselines.py failed");
+    serde_json::from_str(&std::fs::read_to_string(&out).expect("read baselines")).expect("json")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        if e.path().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+}
+
+fn row(name: &str, acc: f64, f1: f64, note: &str) {
+    println!("| {name} | {acc:.4} | {f1:.4} | {note} |");
+}
+
+fn main() {
+    cellforge_core::sys::tune_allocator();
+    let dir = std::env::var_os("BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/bench-data/annotation"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("bench dir");
+    let d = env_usize("BENCH_D_MODEL", 64);
+    let s = Settings {
+        size: ModelSize {
+            d_model: d,
+            nlayers: env_usize("BENCH_LAYERS", 4),
+            nhead: env_usize("BENCH_HEADS", 4),
+            d_hid: d,
+            dropout: 0.1,
+        },
+        pre_epochs: env_usize("BENCH_PRE_EPOCHS", 15),
+        ft_epochs: env_usize("BENCH_FT_EPOCHS", 15),
+        max_len: env_usize("BENCH_MAX_LEN", 256),
+    };
+    println!(
+        "model: d_model {}, {} layers, {} heads; pretrain {} epochs, fine-tune {} epochs, max_len {}, CPU ({} threads)",
+        d,
+        s.size.nlayers,
+        s.size.nhead,
+        s.pre_epochs,
+        s.ft_epochs,
+        s.max_len,
+        rayon::current_num_threads()
+    );
+    let t0 = Instant::now();
+    let base = baselines(&dir);
+    let sym_path = shared().join("symphony_pbmcs_small.h5ad");
+    let sym = read_h5ad(&sym_path).expect("read symphony");
+
+    // Pretraining corpus: every available count matrix.
+    let pre = dir.join("pretrained");
+    let corpus_dir = dir.join("corpus");
+    std::fs::create_dir_all(&corpus_dir).expect("corpus dir");
+    {
+        // symphony's counts layer as X, so one corpus reads X from both files
+        let mut c = sym.clone();
+        if let Some(counts) = c.layers.remove("counts") {
+            c.x = Some(counts);
+        }
+        write_h5ad(
+            &c,
+            &corpus_dir.join("symphony_counts.h5ad"),
+            &WriteOptions::default(),
+        )
+        .expect("write corpus");
+        std::fs::copy(
+            shared().join("harmony_pbmc_stim.h5ad"),
+            corpus_dir.join("harmony_counts.h5ad"),
+        )
+        .expect("copy harmony");
+    }
+    // BENCH_PRETRAINED reuses a model an earlier run pretrained on the same corpus.
+    let pre_s = match std::env::var_os("BENCH_PRETRAINED") {
+        Some(p) => {
+            copy_dir(Path::new(&p), &pre);
+            0.0
+        }
+        None => pretrain(&s, vec![corpus_dir.clone()], None, &pre),
+    };
+
+    if !skip("symphony") {
+        let donors = sym.obs.categorical("donor").expect("donor").labels();
+        let ref_rows: Vec<usize> = (0..sym.n_obs())
+            .filter(|&i| donors[i].as_deref() != Some("3pv1"))
+            .collect();
+        let query_rows: Vec<usize> = (0..sym.n_obs())
+            .filter(|&i| donors[i].as_deref() == Some("3pv1"))
+            .collect();
+        let reference = dir.join("sym_ref.h5ad");
+        let query = dir.join("sym_query.h5ad");
+        write_subset(&sym, &ref_rows, &reference);
+        write_subset(&sym, &query_rows, &query);
+        let ft = dir.join("sym_ft");
+        let ft_s = finetune(
+            &s,
+            &reference,
+            Some("counts"),
+            &pre,
+            &ft,
+            Objectives::default(),
+            None,
+            false,
+        );
+        let out = dir.join("sym_annotated.h5ad");
+        annotate(&ft, &query, &out, Some("counts"));
+        let (acc, f1) = score(&out, "pred", &query, "cell_type");
+        let mapped = dir.join("sym_mapped.h5ad");
+        map(&pre, &reference, &query, &mapped, Some("counts"), s.max_len);
+        let (macc, mf1) = score(&mapped, "pred", &query, "cell_type");
+        let lr = &base["symphony"]["methods"]["celltypist_lr"];
+        let (lacc, lf1) = (
+            lr["accuracy"].as_f64().unwrap_or(f64::NAN),
+            lr["macro_f1"].as_f64().unwrap_or(f64::NAN),
+        );
+        println!();
+        println!(
+            "symphony: reference 3pv2 + 5p ({} cells), query 3pv1 ({} cells), cell_type",
+            ref_rows.len(),
+            query_rows.len()
+        );
+        println!("| method | accuracy | macro F1 | notes |");
+        println!("|---|---|---|---|");
+        row(
+            "(a) cellforge pretrain + fine-tune (CLS)",
+            acc,
+            f1,
+            &format!("pretrain {pre_s:.0} s, fine-tune {ft_s:.0} s"),
+        );
+        row(
+            "(b) cellforge zero-shot kNN map (k=10)",
+            macc,
+            mf1,
+            "pretrained embeddings",
+        );
+        row(
+            "(c) logistic regression (CellTypist-style)",
+            lacc,
+            lf1,
+            "scikit-learn, log1p CP10k",
+        );
+        println!("fine-tuned macro F1 / logistic regression: {:.3}", f1 / lf1);
+    }
+
+    if !skip("pbmc68k") {
+        let path = shared().join("pbmc68k_reduced.h5ad");
+        let pb = read_h5ad(&path).expect("read pbmc68k");
+        let folds: Vec<u64> = base["pbmc68k"]["fold_of_cell"]
+            .as_array()
+            .expect("folds")
+            .iter()
+            .map(|v| v.as_u64().unwrap_or(0))
+            .collect();
+        let pre_pb = dir.join("pbmc_pretrained");
+        let mut c = pb.clone();
+        // pretrain on the log-normalised raw matrix (X is scaled, with negative values)
+        c.obs.set_column(
+            "cell_type",
+            c.obs.column("bulk_labels").expect("bulk_labels").clone(),
+        );
+        let pb_file = dir.join("pbmc68k.h5ad");
+        write_h5ad(&c, &pb_file, &WriteOptions::default()).expect("write pbmc");
+        let pre_s = pretrain(&s, vec![pb_file.clone()], Some("raw"), &pre_pb);
+        let (mut accs, mut f1s) = (Vec::new(), Vec::new());
+        for f in 0..5u64 {
+            let train: Vec<usize> = (0..folds.len()).filter(|&i| folds[i] != f).collect();
+            let test: Vec<usize> = (0..folds.len()).filter(|&i| folds[i] == f).collect();
+            let tr = dir.join(format!("pbmc_train{f}.h5ad"));
+            let te = dir.join(format!("pbmc_test{f}.h5ad"));
+            write_subset(&c, &train, &tr);
+            write_subset(&c, &test, &te);
+            let ft = dir.join(format!("pbmc_ft{f}"));
+            finetune(
+                &s,
+                &tr,
+                Some("raw"),
+                &pre_pb,
+                &ft,
+                Objectives::default(),
+                None,
+                false,
+            );
+            let out = dir.join(format!("pbmc_annot{f}.h5ad"));
+            annotate(&ft, &te, &out, Some("raw"));
+            let (a, f1) = score(&out, "pred", &te, "cell_type");
+            eprintln!("  fold {f}: accuracy {a:.4}, macro F1 {f1:.4}");
+            accs.push(a);
+            f1s.push(f1);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let lr = &base["pbmc68k"]["methods"]["celltypist_lr"];
+        println!();
+        println!("pbmc68k_reduced bulk_labels, stratified 5-fold (means over folds)");
+        println!("| method | accuracy | macro F1 | notes |");
+        println!("|---|---|---|---|");
+        row(
+            "cellforge pretrain + fine-tune (CLS)",
+            mean(&accs),
+            mean(&f1s),
+            &format!("pretrain {pre_s:.0} s; per-fold F1 {f1s:.3?}"),
+        );
+        row(
+            "logistic regression (CellTypist-style)",
+            lr["mean_accuracy"].as_f64().unwrap_or(f64::NAN),
+            lr["mean_macro_f1"].as_f64().unwrap_or(f64::NAN),
+            "scikit-learn on raw (log-normalised)",
+        );
+    }
+
+    if !skip("integration") {
+        let ft = dir.join("sym_integration");
+        let objectives = Objectives {
+            gep: 1.0,
+            gepc: 1.0,
+            ecs: 10.0,
+            ecs_threshold: 0.8,
+            dar: 1.0,
+            cls: 0.0,
+            cce: 0.0,
+            class_weights: Vec::new(),
+        };
+        let ft_s = finetune(
+            &s,
+            &sym_path,
+            Some("counts"),
+            &pre,
+            &ft,
+            objectives,
+            Some("donor"),
+            true,
+        );
+        let labels: Vec<Option<String>> = sym.obs.categorical("cell_type").expect("ct").labels();
+        let batches: Vec<Option<String>> = sym.obs.categorical("donor").expect("donor").labels();
+        let codes = |v: &[Option<String>]| {
+            let mut names: Vec<String> = v.iter().flatten().cloned().collect();
+            names.sort();
+            names.dedup();
+            v.iter()
+                .map(|l| {
+                    names
+                        .iter()
+                        .position(|n| Some(n) == l.as_ref())
+                        .unwrap_or(0) as u32
+                })
+                .collect::<Vec<u32>>()
+        };
+        let (lab, bat) = (codes(&labels), codes(&batches));
+        println!();
+        println!("integration: symphony, 3 chemistries (donor), cell_type; fine-tune {ft_s:.0} s");
+        println!(
+            "| embedding | AvgBIO | AvgBATCH | NMI | ARI | ASW label | ASW batch | graph conn. | scib ASW label | scib ASW batch | scib graph conn. | scib AvgBIO |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for (name, model_dir) in [
+            ("pretrained", &pre),
+            ("fine-tuned (batch tokens + DSBN + DAR + ECS)", &ft),
+        ] {
+            let files = ModelFiles::open(model_dir).expect("model");
+            let dev = Default::default();
+            let (model, _) = files
+                .build::<cellforge_core::device::Cpu>(&dev)
+                .expect("build");
+            let (tokens, use_batch, batch_key, fixed) = match ModelLabels::read(model_dir) {
+                Ok(l) => (l.tokens, l.use_batch_labels, l.batch_key, Some(l.batches)),
+                Err(_) => (train_config(&s, 1, 1e-3, false).tokens, false, None, None),
+            };
+            let tokens = TokenSettings {
+                cls_value: if files.config.generative && batch_key.is_none() {
+                    -2.0
+                } else {
+                    tokens.cls_value
+                },
+                ..tokens
+            };
+            let set = read_cells(
+                &sym_path,
+                Some("counts"),
+                &GeneColumn::Index,
+                &files.vocab,
+                None,
+                batch_key.as_deref(),
+                None,
+                fixed.as_deref(),
+                &tokens,
+                0,
+            )
+            .expect("cells");
+            let pad = files.vocab.id("<pad>").expect("pad");
+            let emb = embed_set(&model, &set, &tokens, pad, use_batch, 64, &dev).expect("embed");
+            let dm = model.config().d_model;
+            let x = DenseMatrix::new(&emb, sym.n_obs(), dm).expect("matrix");
+            let m = integration_metrics(&x, &lab, &bat, &IntegrationOptions::default())
+                .expect("metrics");
+            // the same embedding through scib
+            let mut a = sym.clone();
+            a.obsm.insert(
+                "X_emb".into(),
+                Element::Dense(DenseArray {
+                    shape: vec![sym.n_obs(), dm],
+                    data: ArrayData::F32(emb),
+                }),
+            );
+            let f = dir.join(format!(
+                "emb_{}.h5ad",
+                if model_dir == &pre { "pre" } else { "ft" }
+            ));
+            write_h5ad(&a, &f, &WriteOptions::default()).expect("write embedding");
+            let o = Command::new(python())
+                .arg(repo().join("scripts/bench/scib_metrics.py"))
+                .arg(&f)
+                .args(["X_emb", "cell_type", "donor"])
+                .output()
+                .expect("run scib_metrics.py");
+            let scib: BTreeMap<String, f64> =
+                serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
+                    eprintln!("scib_metrics.py: {}", String::from_utf8_lossy(&o.stderr));
+                    BTreeMap::new()
+                });
+            let g = |k: &str| scib.get(k).copied().unwrap_or(f64::NAN);
+            println!(
+                "| {name} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                m.avg_bio,
+                m.avg_batch.unwrap_or(f64::NAN),
+                m.nmi,
+                m.ari,
+                m.asw_label,
+                m.asw_batch.unwrap_or(f64::NAN),
+                m.graph_connectivity,
+                g("ASW_label"),
+                g("ASW_label/batch"),
+                g("graph_conn"),
+                g("avg_bio"),
+            );
+            let worst = [
+                (m.asw_label - g("ASW_label")).abs(),
+                (m.asw_batch.unwrap_or(f64::NAN) - g("ASW_label/batch")).abs(),
+                (m.graph_connectivity - g("graph_conn")).abs(),
+            ]
+            .into_iter()
+            .fold(0f64, |m, x| {
+                if x.is_nan() || m.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(x)
+                }
+            });
+            println!("  deterministic metrics, largest |cellforge - scib|: {worst:.2e}");
+        }
+    }
+    println!();
+    println!("total {:.0} s", t0.elapsed().as_secs_f64());
+}
