@@ -1,25 +1,13 @@
 //! The CLI end to end: `inspect` and `convert` on real and generated files, with Python
 //! anndata as the judge of round trips, and the broken-file corpus.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use cellforge_e2e::{make_fixtures, repo_root, shared_data, verify_roundtrip};
-
-fn cellforge(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cellforge"))
-        .args(args)
-        .output()
-        .expect("run cellforge")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{cellforge, text};
 
 fn convert(input: &Path, output: &Path, extra: &[&str]) -> Output {
     let mut args: Vec<&std::ffi::OsStr> = vec![

@@ -3,26 +3,14 @@
 //! reading the outputs; and a run killed with SIGKILL mid-epoch that resumes to the same
 //! weights as an uninterrupted run.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use cellforge_e2e::shared_data;
-
-fn cellforge(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cellforge"))
-        .args(args)
-        .output()
-        .expect("run cellforge")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
+use common::{cellforge, text};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

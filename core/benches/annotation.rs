@@ -239,8 +239,9 @@ fn score(out: &Path, key: &str, truth_file: &Path, truth: &str) -> (f64, f64) {
     (r.accuracy, r.macro_f1)
 }
 
-fn annotate(model: &Path, query: &Path, out: &Path, layer: Option<&str>) {
-    let req = AnnotateRequest {
+/// Label `query` into obs["pred"] of `out`, no confidence threshold, on the CPU.
+fn query_request(model: &Path, query: &Path, out: &Path, layer: Option<&str>) -> AnnotateRequest {
+    AnnotateRequest {
         model_dir: model.to_path_buf(),
         query: query.to_path_buf(),
         output: out.to_path_buf(),
@@ -251,7 +252,11 @@ fn annotate(model: &Path, query: &Path, out: &Path, layer: Option<&str>) {
         device: DeviceRequest::Cpu,
         batch_size: 64,
         seed: 0,
-    };
+    }
+}
+
+fn annotate(model: &Path, query: &Path, out: &Path, layer: Option<&str>) {
+    let req = query_request(model, query, out, layer);
     run_annotate(&req, &mut |_| ControlFlow::Continue(())).expect("annotate");
 }
 
@@ -266,18 +271,7 @@ fn map(
     let req = MapRequest {
         reference: reference.to_path_buf(),
         label_key: "cell_type".into(),
-        query: AnnotateRequest {
-            model_dir: model.to_path_buf(),
-            query: query.to_path_buf(),
-            output: out.to_path_buf(),
-            layer: layer.map(String::from),
-            gene_col: GeneColumn::Index,
-            key_added: "pred".into(),
-            min_confidence: 0.0,
-            device: DeviceRequest::Cpu,
-            batch_size: 64,
-            seed: 0,
-        },
+        query: query_request(model, query, out, layer),
         k: 10,
         max_length: max_len,
     };

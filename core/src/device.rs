@@ -269,3 +269,34 @@ pub fn choose(request: DeviceRequest) -> Result<DeviceChoice, String> {
         }
     }
 }
+
+/// Work written once, generic over the backend; [`dispatch`] runs it on the chosen one.
+pub trait OnBackend {
+    type Output;
+    fn run<B: burn::tensor::backend::Backend>(self, device: &B::Device) -> Self::Output;
+}
+
+/// Work that trains (needs autodiff); [`dispatch_autodiff`] runs it on the chosen backend.
+pub trait OnAutodiff {
+    type Output;
+    fn run<B: burn::tensor::backend::AutodiffBackend>(self, device: &B::Device) -> Self::Output;
+}
+
+/// Run `job` on the backend `kind` with its default device.
+pub fn dispatch<J: OnBackend>(kind: BackendKind, job: J) -> J::Output {
+    match kind {
+        BackendKind::Cpu => job.run::<Cpu>(&Default::default()),
+        BackendKind::Wgpu => job.run::<Wgpu>(&burn::backend::wgpu::WgpuDevice::default()),
+        BackendKind::Cuda => job.run::<Cuda>(&burn::backend::cuda::CudaDevice::default()),
+    }
+}
+
+/// Run `job` on the autodiff version of the backend `kind`.
+pub fn dispatch_autodiff<J: OnAutodiff>(kind: BackendKind, job: J) -> J::Output {
+    use burn::backend::Autodiff;
+    match kind {
+        BackendKind::Cpu => job.run::<Autodiff<Cpu>>(&Default::default()),
+        BackendKind::Wgpu => job.run::<Autodiff<Wgpu>>(&burn::backend::wgpu::WgpuDevice::default()),
+        BackendKind::Cuda => job.run::<Autodiff<Cuda>>(&burn::backend::cuda::CudaDevice::default()),
+    }
+}

@@ -64,6 +64,27 @@ impl Rng {
         ((self.next_u64() as u128 * n as u128) >> 64) as usize
     }
 
+    /// Uniform integer in `0..n` (`n > 0`) without the tiny bias of [`Rng::below`]
+    /// (Lemire's multiply-and-reject).
+    pub fn below_unbiased(&mut self, n: u64) -> u64 {
+        let mut m = (self.next_u64() as u128) * (n as u128);
+        if (m as u64) < n {
+            let threshold = n.wrapping_neg() % n;
+            while (m as u64) < threshold {
+                m = (self.next_u64() as u128) * (n as u128);
+            }
+        }
+        (m >> 64) as u64
+    }
+
+    /// Fisher-Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below_unbiased(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+
     /// `k` distinct indices of `0..n`, in increasing order (partial Fisher-Yates).
     pub fn choose_sorted(&mut self, n: usize, k: usize) -> Vec<usize> {
         let k = k.min(n);

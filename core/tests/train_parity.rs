@@ -151,20 +151,9 @@ impl ParamVisitor<B> for Collect<'_> {
             },
             None => p.val().inner(),
         };
-        let dims = t.dims();
+        let dims = t.dims().to_vec();
         let v: Vec<f32> = t.into_data().convert::<f32>().into_vec().unwrap();
-        let v = if layout == Layout::Transposed && D == 2 {
-            let (r, c) = (dims[0], dims[1]);
-            let mut o = vec![0f32; v.len()];
-            for i in 0..r {
-                for j in 0..c {
-                    o[j * r + i] = v[i * c + j];
-                }
-            }
-            o
-        } else {
-            v
-        };
+        let v = torch_layout(&v, &(dims, layout));
         self.out.insert(name.to_owned(), v);
     }
 }
@@ -585,14 +574,10 @@ impl<Bk: Backend> ParamVisitor<Bk> for ShapeOf<'_> {
 fn torch_layout(u: &[f32], shape: &(Vec<usize>, Layout)) -> Vec<f32> {
     let (dims, layout) = shape;
     if *layout == Layout::Transposed && dims.len() == 2 {
-        let (r, c) = (dims[0], dims[1]);
-        let mut o = vec![0f32; u.len()];
-        for i in 0..r {
-            for j in 0..c {
-                o[j * r + i] = u[i * c + j];
-            }
-        }
-        o
+        HostTensor::new(dims.clone(), u.to_vec())
+            .unwrap()
+            .transposed()
+            .data
     } else {
         u.to_vec()
     }

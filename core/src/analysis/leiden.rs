@@ -23,6 +23,7 @@
 //! a seeded xoshiro256** generator, so results are reproducible for a seed but not identical
 //! to leidenalg's (Mersenne-Twister) runs.
 
+use crate::tokenize::Rng;
 use std::collections::VecDeque;
 
 use super::{AnalysisError, CsrMatrix, Result};
@@ -490,10 +491,10 @@ fn merge_nodes_constrained(
                 .map(|(u, _)| u),
         );
         let k = cand.len();
-        if k == 0 || rng.below(k as u64 + 1) == 0 {
+        if k == 0 || rng.below_unbiased(k as u64 + 1) == 0 {
             continue;
         }
-        let u = cand[rng.below(k as u64) as usize];
+        let u = cand[rng.below_unbiased(k as u64) as usize];
         let c = refined[u];
         if c == own {
             continue;
@@ -514,56 +515,4 @@ fn merge_nodes_constrained(
         }
     }
     refined
-}
-
-/// xoshiro256** seeded through splitmix64.
-struct Rng {
-    s: [u64; 4],
-}
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        let mut x = seed;
-        let mut next = || {
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
-        Self {
-            s: [next(), next(), next(), next()],
-        }
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
-        let t = self.s[1] << 17;
-        self.s[2] ^= self.s[0];
-        self.s[3] ^= self.s[1];
-        self.s[1] ^= self.s[2];
-        self.s[0] ^= self.s[3];
-        self.s[2] ^= t;
-        self.s[3] = self.s[3].rotate_left(45);
-        result
-    }
-
-    /// Uniform integer in `0..n` (`n > 0`), unbiased (Lemire's method).
-    fn below(&mut self, n: u64) -> u64 {
-        let mut m = (self.next_u64() as u128) * (n as u128);
-        if (m as u64) < n {
-            let threshold = n.wrapping_neg() % n;
-            while (m as u64) < threshold {
-                m = (self.next_u64() as u128) * (n as u128);
-            }
-        }
-        (m >> 64) as u64
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = self.below(i as u64 + 1) as usize;
-            v.swap(i, j);
-        }
-    }
 }

@@ -298,21 +298,7 @@ pub fn load_into<B: Backend>(
     sd: &StateDict,
     device: &B::Device,
 ) -> Result<LoadReport, ModelError> {
-    let mut loader = Loader::<B> {
-        sd,
-        device: device.clone(),
-        used: BTreeSet::new(),
-        report: LoadReport::default(),
-    };
-    visit(model, &mut loader);
-    let mut report = loader.report;
-    report.unexpected = sd
-        .keys()
-        .filter(|k| !loader.used.contains(*k) && !ignorable(k))
-        .cloned()
-        .collect();
-    report.spellings = sd.spellings.iter().map(|s| s.to_string()).collect();
-    report.stripped_module_prefix = sd.stripped_module_prefix;
+    let report = load_matching(model, sd, device);
     if let Some((name, expected, found)) = report.mismatched.first() {
         return Err(ModelError::ShapeMismatch {
             name: name.clone(),

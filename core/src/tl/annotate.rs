@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use rayon::prelude::*;
 
 use crate::anndata::{AnnData, ArrayData, Categorical, DenseArray, Element, Mapping};
-use crate::device::{BackendKind, DeviceChoice, DeviceRequest};
+use crate::device::{DeviceChoice, DeviceRequest, OnBackend, dispatch};
 use crate::io::{BackedH5ad, WriteOptions, read_h5ad_with_warnings, write_h5ad};
 use crate::model::{Heads, ModelFiles, ModelOutput, ScGpt};
 use crate::tokenize::Rng;
@@ -87,31 +87,27 @@ pub fn run_annotate(
     let files = ModelFiles::open(&req.model_dir)?;
     let choice = crate::device::choose(req.device).map_err(TrainError::Device)?;
     let _ = events(AnnotateEvent::Device(choice.clone()));
-    let probs = match choice.backend {
-        BackendKind::Cpu => {
-            predict::<crate::device::Cpu>(req, &files, &labels, &Default::default(), events)
+    struct Predict<'a> {
+        req: &'a AnnotateRequest,
+        files: &'a ModelFiles,
+        labels: &'a ModelLabels,
+        events: &'a mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>,
+    }
+    impl OnBackend for Predict<'_> {
+        type Output = Result<Probabilities, TrainError>;
+        fn run<B: Backend>(self, device: &B::Device) -> Self::Output {
+            predict::<B>(self.req, self.files, self.labels, device, self.events)
         }
-        BackendKind::Wgpu => predict::<crate::device::Wgpu>(
-            req,
-            &files,
-            &labels,
-            &burn::backend::wgpu::WgpuDevice::default(),
-            events,
-        ),
-        BackendKind::Cuda => predict::<crate::device::Cuda>(
-            req,
-            &files,
-            &labels,
-            &burn::backend::cuda::CudaDevice::default(),
-            events,
-        ),
-    }?;
+    }
+    let job = Predict {
+        req,
+        files: &files,
+        labels: &labels,
+        events,
+    };
+    let probs = dispatch(choice.backend, job)?;
     let start = Instant::now();
     let k = labels.classes.len();
-    let (adata, _) = read_h5ad_with_warnings(&req.query).map_err(|source| TrainError::Read {
-        path: req.query.display().to_string(),
-        source,
-    })?;
     let mut out_labels = Vec::with_capacity(probs.rows.len());
     let mut confidence = Vec::with_capacity(probs.rows.len());
     let mut n_empty = 0;
@@ -145,14 +141,6 @@ pub fn run_annotate(
     }
     let mut prov = Mapping::new();
     prov.insert(
-        "model".into(),
-        Element::String(req.model_dir.display().to_string()),
-    );
-    prov.insert(
-        "min_confidence".into(),
-        Element::scalar_f64(req.min_confidence),
-    );
-    prov.insert(
         "classes".into(),
         Element::Strings(crate::anndata::StringArray::from_vec(
             labels.classes.clone(),
@@ -164,9 +152,8 @@ pub fn run_annotate(
     );
     prov.insert("device".into(), Element::String(probs.device.clone()));
     write_labels(
-        adata,
+        None,
         req,
-        &req.key_added,
         out_labels,
         confidence,
         Some((matrix, k)),
@@ -180,11 +167,12 @@ pub fn run_annotate(
     )
 }
 
+/// Writes a copy of the query (`adata`, or the file read again) with the labels, their
+/// confidence, optional class probabilities and provenance (model, threshold + `prov`).
 #[allow(clippy::too_many_arguments)]
 fn write_labels(
-    mut adata: AnnData,
+    adata: Option<AnnData>,
     req: &AnnotateRequest,
-    key: &str,
     out_labels: Vec<String>,
     confidence: Vec<f32>,
     probabilities: Option<(Vec<f32>, usize)>,
@@ -196,6 +184,27 @@ fn write_labels(
     start: Instant,
     seconds_before: f64,
 ) -> Result<AnnotateSummary, TrainError> {
+    let key = req.key_added.as_str();
+    let mut adata = match adata {
+        Some(a) => a,
+        None => {
+            read_h5ad_with_warnings(&req.query)
+                .map_err(|source| TrainError::Read {
+                    path: req.query.display().to_string(),
+                    source,
+                })?
+                .0
+        }
+    };
+    let mut prov = prov;
+    prov.insert(
+        "model".into(),
+        Element::String(req.model_dir.display().to_string()),
+    );
+    prov.insert(
+        "min_confidence".into(),
+        Element::scalar_f64(req.min_confidence),
+    );
     let n = out_labels.len();
     let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
     for l in &out_labels {
@@ -526,38 +535,39 @@ pub fn run_map(
     };
     let start = Instant::now();
     let layer = q.layer.as_deref();
-    let embed = |path: &std::path::Path,
-                 events: &mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>|
-     -> Result<(Vec<f32>, usize, BackedH5ad), TrainError> {
-        match choice.backend {
-            BackendKind::Cpu => embed_file::<crate::device::Cpu>(
-                &files,
-                path,
-                layer,
-                &q.gene_col,
-                &opts,
-                &Default::default(),
-                events,
-            ),
-            BackendKind::Wgpu => embed_file::<crate::device::Wgpu>(
-                &files,
-                path,
-                layer,
-                &q.gene_col,
-                &opts,
-                &burn::backend::wgpu::WgpuDevice::default(),
-                events,
-            ),
-            BackendKind::Cuda => embed_file::<crate::device::Cuda>(
-                &files,
-                path,
-                layer,
-                &q.gene_col,
-                &opts,
-                &burn::backend::cuda::CudaDevice::default(),
-                events,
-            ),
+    struct Embed<'a> {
+        files: &'a ModelFiles,
+        path: &'a std::path::Path,
+        layer: Option<&'a str>,
+        gene_col: &'a GeneColumn,
+        opts: &'a EmbedOptions,
+        events: &'a mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>,
+    }
+    impl OnBackend for Embed<'_> {
+        type Output = Result<(Vec<f32>, usize, BackedH5ad), TrainError>;
+        fn run<B: Backend>(self, device: &B::Device) -> Self::Output {
+            embed_file::<B>(
+                self.files,
+                self.path,
+                self.layer,
+                self.gene_col,
+                self.opts,
+                device,
+                self.events,
+            )
         }
+    }
+    let embed = |path: &std::path::Path,
+                 events: &mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>| {
+        let job = Embed {
+            files: &files,
+            path,
+            layer,
+            gene_col: &q.gene_col,
+            opts: &opts,
+            events,
+        };
+        dispatch(choice.backend, job)
     };
     let (ref_emb, d, ref_backed) = embed(&req.reference, events)?;
     let cat = ref_backed
@@ -609,10 +619,6 @@ pub fn run_map(
     );
     let mut prov = Mapping::new();
     prov.insert(
-        "model".into(),
-        Element::String(q.model_dir.display().to_string()),
-    );
-    prov.insert(
         "reference".into(),
         Element::String(req.reference.display().to_string()),
     );
@@ -622,14 +628,9 @@ pub fn run_map(
         "method".into(),
         Element::String("kNN majority vote on L2-normalised scGPT cell embeddings (cosine)".into()),
     );
-    prov.insert(
-        "min_confidence".into(),
-        Element::scalar_f64(q.min_confidence),
-    );
     write_labels(
-        adata,
+        Some(adata),
         q,
-        &q.key_added,
         out_labels,
         confidence,
         None,

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::anndata::{ArrayData, DenseArray, Element, Mapping};
-use crate::device::{BackendKind, DeviceChoice, DeviceRequest, Precision};
+use crate::device::{DeviceChoice, DeviceRequest, OnBackend, Precision, dispatch};
 use crate::io::{BackedH5ad, WriteOptions, read_h5ad_with_warnings, write_h5ad};
 use crate::model::{LoadReport, ModelFiles};
 use crate::vocab::GeneMatch;
@@ -143,25 +143,26 @@ pub fn run_embed(
     })?;
     let choice = crate::device::choose(req.device).map_err(EmbedJobError::Device)?;
     let _ = events(EmbedEvent::Device(choice.clone()));
-    match choice.backend {
-        BackendKind::Cpu => {
-            run_on::<crate::device::Cpu>(req, &files, choice, &Default::default(), events)
-        }
-        BackendKind::Wgpu => run_on::<crate::device::Wgpu>(
-            req,
-            &files,
-            choice,
-            &burn::backend::wgpu::WgpuDevice::default(),
-            events,
-        ),
-        BackendKind::Cuda => run_on::<crate::device::Cuda>(
-            req,
-            &files,
-            choice,
-            &burn::backend::cuda::CudaDevice::default(),
-            events,
-        ),
+    struct Job<'a> {
+        req: &'a EmbedRequest,
+        files: &'a ModelFiles,
+        choice: DeviceChoice,
+        events: &'a mut dyn FnMut(EmbedEvent) -> ControlFlow<()>,
     }
+    impl OnBackend for Job<'_> {
+        type Output = Result<EmbedSummary, EmbedJobError>;
+        fn run<B: Backend>(self, device: &B::Device) -> Self::Output {
+            run_on::<B>(self.req, self.files, self.choice, device, self.events)
+        }
+    }
+    let kind = choice.backend;
+    let job = Job {
+        req,
+        files: &files,
+        choice,
+        events,
+    };
+    dispatch(kind, job)
 }
 
 fn run_on<B: Backend>(

@@ -262,7 +262,7 @@ pub fn load_cells_into(
 /// when there are two or more) go to validation.
 pub fn split(items: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
     let mut order = items.to_vec();
-    shuffle(&mut order, &mut Rng::new(seed ^ 0x5eed_0f5b_1175));
+    Rng::new(seed ^ 0x5eed_0f5b_1175).shuffle(&mut order);
     let n_valid = if fraction <= 0.0 || order.len() < 2 {
         0
     } else {
@@ -270,14 +270,6 @@ pub fn split(items: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usiz
     };
     let valid = order.split_off(order.len() - n_valid);
     (order, valid)
-}
-
-/// Fisher-Yates with the project's generator.
-pub fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
-    for i in (1..v.len()).rev() {
-        let j = rng.below(i + 1);
-        v.swap(i, j);
-    }
 }
 
 /// The minibatches of one epoch: shuffled (seeded by `seed` and `epoch`); with
@@ -300,13 +292,13 @@ pub fn epoch_batches(
             groups.entry(set.batches[i]).or_default().push(i);
         }
         for (_, mut g) in groups {
-            shuffle(&mut g, &mut rng);
+            rng.shuffle(&mut g);
             out.extend(g.chunks(bs).map(<[usize]>::to_vec));
         }
-        shuffle(&mut out, &mut rng);
+        rng.shuffle(&mut out);
     } else {
         let mut order = items.to_vec();
-        shuffle(&mut order, &mut rng);
+        rng.shuffle(&mut order);
         out.extend(order.chunks(bs).map(<[usize]>::to_vec));
     }
     out

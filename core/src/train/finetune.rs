@@ -5,11 +5,10 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use burn::backend::Autodiff;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::device::{BackendKind, DeviceChoice, DeviceRequest};
+use crate::device::{DeviceChoice, DeviceRequest, OnAutodiff, dispatch_autodiff};
 use crate::model::config::{InputNorm, MvcStyle};
 use crate::model::weights::load_matching;
 use crate::model::{LoadReport, ModelConfig, ModelFiles, ScGpt};
@@ -194,25 +193,26 @@ pub fn run_finetune(
     let files = ModelFiles::open(&req.model_dir)?;
     let choice = crate::device::choose(req.device).map_err(TrainError::Device)?;
     let _ = events(FinetuneEvent::Device(choice.clone()));
-    match choice.backend {
-        BackendKind::Cpu => {
-            run_on::<Autodiff<crate::device::Cpu>>(req, &files, choice, &Default::default(), events)
-        }
-        BackendKind::Wgpu => run_on::<Autodiff<crate::device::Wgpu>>(
-            req,
-            &files,
-            choice,
-            &burn::backend::wgpu::WgpuDevice::default(),
-            events,
-        ),
-        BackendKind::Cuda => run_on::<Autodiff<crate::device::Cuda>>(
-            req,
-            &files,
-            choice,
-            &burn::backend::cuda::CudaDevice::default(),
-            events,
-        ),
+    struct Job<'a> {
+        req: &'a FinetuneRequest,
+        files: &'a ModelFiles,
+        choice: DeviceChoice,
+        events: &'a mut dyn FnMut(FinetuneEvent) -> ControlFlow<()>,
     }
+    impl OnAutodiff for Job<'_> {
+        type Output = Result<FinetuneSummary, TrainError>;
+        fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+            run_on::<B>(self.req, self.files, self.choice, device, self.events)
+        }
+    }
+    let kind = choice.backend;
+    let job = Job {
+        req,
+        files: &files,
+        choice,
+        events,
+    };
+    dispatch_autodiff(kind, job)
 }
 
 fn run_on<B: AutodiffBackend>(

@@ -8,12 +8,11 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use crate::device::{BackendKind, DeviceChoice, DeviceRequest};
+use crate::device::{DeviceChoice, DeviceRequest, OnAutodiff, dispatch_autodiff};
 use crate::model::config::{
     CellEmbStyle, InputEmbStyle, InputNorm, ModelConfig, ModelKind, MvcStyle,
 };
@@ -23,7 +22,7 @@ use crate::tokenize::{CellTokens, Rng};
 use crate::vocab::GeneVocab;
 
 use super::cache::{CacheWriter, TokenSink};
-use super::data::{CellSet, load_cells_into, shuffle, split};
+use super::data::{CellSet, load_cells_into, split};
 use super::{History, Losses, TrainConfig, TrainError, TrainEvent, loss, train};
 
 /// Generative objective settings.
@@ -90,11 +89,11 @@ pub fn gen_host_batch(
     for (i, c) in cells.iter().enumerate() {
         // Position 0 is <cls>; the rest are the cell's genes.
         let mut rest: Vec<usize> = (1..c.genes.len()).collect();
-        shuffle(&mut rest, rng);
+        rng.shuffle(&mut rest);
         let n_gen = (rest.len() as f64 * ratio) as usize;
         let (generated, known) = rest.split_at(n_gen);
         let mut known = known.to_vec();
-        shuffle(&mut known, rng);
+        rng.shuffle(&mut known);
         let mut pcpt = vec![0usize];
         pcpt.extend(known.iter().take(lp - 1));
         for (j, &p) in pcpt.iter().enumerate() {
@@ -331,23 +330,24 @@ pub fn run_pretrain(
 ) -> Result<PretrainSummary, TrainError> {
     let choice = crate::device::choose(req.device).map_err(TrainError::Device)?;
     let _ = events(PretrainEvent::Device(choice.clone()));
-    match choice.backend {
-        BackendKind::Cpu => {
-            run_on::<Autodiff<crate::device::Cpu>>(req, choice, &Default::default(), events)
-        }
-        BackendKind::Wgpu => run_on::<Autodiff<crate::device::Wgpu>>(
-            req,
-            choice,
-            &burn::backend::wgpu::WgpuDevice::default(),
-            events,
-        ),
-        BackendKind::Cuda => run_on::<Autodiff<crate::device::Cuda>>(
-            req,
-            choice,
-            &burn::backend::cuda::CudaDevice::default(),
-            events,
-        ),
+    struct Job<'a> {
+        req: &'a PretrainRequest,
+        choice: DeviceChoice,
+        events: &'a mut dyn FnMut(PretrainEvent) -> ControlFlow<()>,
     }
+    impl OnAutodiff for Job<'_> {
+        type Output = Result<PretrainSummary, TrainError>;
+        fn run<B: AutodiffBackend>(self, device: &B::Device) -> Self::Output {
+            run_on::<B>(self.req, self.choice, device, self.events)
+        }
+    }
+    let kind = choice.backend;
+    let job = Job {
+        req,
+        choice,
+        events,
+    };
+    dispatch_autodiff(kind, job)
 }
 
 fn run_on<B: AutodiffBackend>(
