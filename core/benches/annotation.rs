@@ -609,11 +609,21 @@ fn main() {
                 .args(["X_emb", "cell_type", "donor"])
                 .output()
                 .expect("run scib_metrics.py");
-            let scib: BTreeMap<String, f64> =
-                serde_json::from_slice(&o.stdout).unwrap_or_else(|_| {
-                    eprintln!("scib_metrics.py: {}", String::from_utf8_lossy(&o.stderr));
-                    BTreeMap::new()
-                });
+            // scib prints progress on stdout; the JSON is the last line.
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            let last = stdout
+                .lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .unwrap_or("");
+            let scib: BTreeMap<String, f64> = serde_json::from_str(last).unwrap_or_else(|_| {
+                eprintln!(
+                    "scib_metrics.py ({}): {}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                BTreeMap::new()
+            });
             let g = |k: &str| scib.get(k).copied().unwrap_or(f64::NAN);
             println!(
                 "| {name} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} |",
