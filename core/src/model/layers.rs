@@ -88,35 +88,28 @@ pub struct Emb<B: Backend> {
 }
 
 impl<B: Backend> Emb<B> {
-    /// The table, with the padding row cut from the graph while training. Exact: the
-    /// other rows are multiplied by 1 and the padding row by 0 before its detached copy
-    /// is added back.
-    fn table(&self) -> Tensor<B, 2> {
-        let w = self.weight.val();
-        match self.padding_idx {
-            Some(p) if B::ad_enabled(&w.device()) && p < w.dims()[0] => {
-                let [n, d] = w.dims();
-                let mut keep = vec![1f32; n];
-                keep[p] = 0.0;
-                let keep = Tensor::<B, 1>::from_data(
-                    burn::tensor::TensorData::new(keep, [n]),
-                    &w.device(),
-                )
-                .reshape([n, 1])
-                .expand([n, d]);
-                let fixed = w.clone().detach() * (keep.clone().neg() + 1.0);
-                w * keep + fixed
-            }
-            _ => w,
-        }
-    }
-
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        embedding(self.table(), ids)
+        let out = embedding(self.weight.val(), ids.clone());
+        match self.padding_idx {
+            // While training, rows looked up for the padding id are taken from the graph,
+            // so that row gets no gradient (PyTorch's padding_idx). Exact: the other rows are
+            // multiplied by 1, padded ones by 0 before their detached copy is added back.
+            Some(p) if B::ad_enabled(&out.device()) => {
+                let [b, l, d] = out.dims();
+                let pad = ids
+                    .equal_elem(p as i64)
+                    .float()
+                    .reshape([b, l, 1])
+                    .expand([b, l, d]);
+                let keep = pad.clone().neg() + 1.0;
+                out.clone() * keep + out.detach() * pad
+            }
+            _ => out,
+        }
     }
     /// Rows for a 1-D id tensor: `[n] -> [n, d]`.
     pub fn rows(&self, ids: Tensor<B, 1, Int>) -> Tensor<B, 2> {
-        self.table().select(0, ids)
+        self.weight.val().select(0, ids)
     }
 }
 
