@@ -519,8 +519,10 @@ fn save_checkpoint<B: AutodiffBackend>(
     crate::model::write_safetensors(&new.join(CKPT_OPTIM), &moments)?;
     let text = serde_json::to_string_pretty(state).map_err(|e| ckpt_err(&new, e))?;
     crate::model::write_atomic(&new.join(CKPT_STATE), text.as_bytes())?;
-    let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
+        // `checkpoint.old` is a leftover only while `checkpoint` exists; otherwise it is the
+        // one complete checkpoint and stays until the new one is in place.
+        let _ = std::fs::remove_dir_all(&old);
         std::fs::rename(&dir, &old).map_err(|e| ckpt_err(&dir, e))?;
     }
     std::fs::rename(&new, &dir).map_err(|e| ckpt_err(&dir, e))?;
@@ -841,4 +843,60 @@ pub fn train<B: AutodiffBackend>(
 /// The inner backend's device for an autodiff device (they are the same type).
 fn device_inner<B: AutodiffBackend>(d: &B::Device) -> &B::Device {
     d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::pretrain::{ModelSize, pretrain_config};
+
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+
+    fn state(step: u64) -> CheckpointState {
+        CheckpointState {
+            step,
+            epoch: 0,
+            batch_in_epoch: step as usize,
+            history: History::default(),
+            epochs_without_improvement: 0,
+        }
+    }
+
+    /// Pins the checkpoint swap: a kill between its two renames leaves `checkpoint.old`,
+    /// which resuming uses; a half-written `checkpoint.new` is never read.
+    #[test]
+    fn checkpoint_swap_survives_a_kill_between_renames() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = dir.path();
+        let size = ModelSize {
+            d_model: 8,
+            nlayers: 1,
+            nhead: 2,
+            d_hid: 8,
+            dropout: 0.0,
+        };
+        let genes: Vec<String> = ["a", "b", "<pad>", "<cls>", "<eoc>"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let vocab = GeneVocab::from_tokens(genes).expect("vocab");
+        let dev = Default::default();
+        let model = ScGpt::<B>::init(&pretrain_config(vocab.len(), &size, 8), &dev);
+        let adam = Adam::<B>::new(AdamConfig::default(), Freeze::default());
+        save_checkpoint(out, &model, &vocab, &adam, &state(3)).expect("save 3");
+        save_checkpoint(out, &model, &vocab, &adam, &state(6)).expect("save 6");
+        assert!(!out.join("checkpoint.new").exists() && !out.join("checkpoint.old").exists());
+        let read = |out: &Path| read_checkpoint(out).expect("read").map(|c| c.state.step);
+        assert_eq!(read(out), Some(6));
+        // Killed after `checkpoint` -> `checkpoint.old`, before `checkpoint.new` -> `checkpoint`,
+        // with the new one half written.
+        std::fs::rename(out.join(CKPT_DIR), out.join("checkpoint.old")).expect("rename");
+        std::fs::create_dir_all(out.join("checkpoint.new")).expect("mkdir");
+        std::fs::write(out.join("checkpoint.new").join(CKPT_STATE), "{\"step\": 9").expect("w");
+        assert_eq!(read(out), Some(6), "the complete old checkpoint is used");
+        // The next save cleans up and swaps in a complete one.
+        save_checkpoint(out, &model, &vocab, &adam, &state(9)).expect("save 9");
+        assert_eq!(read(out), Some(9));
+        assert!(!out.join("checkpoint.new").exists() && !out.join("checkpoint.old").exists());
+    }
 }
