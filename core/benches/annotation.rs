@@ -41,8 +41,8 @@ use cellforge_core::io::{WriteOptions, read_h5ad, write_h5ad};
 use cellforge_core::model::ModelFiles;
 use cellforge_core::tl::annotate::{AnnotateRequest, MapRequest, embed_set, run_annotate, run_map};
 use cellforge_core::tl::embed_job::GeneColumn;
-use cellforge_core::train::data::TokenSettings;
-use cellforge_core::train::finetune::{FinetuneRequest, ModelLabels, read_cells, run_finetune};
+use cellforge_core::train::data::{CellQuery, TokenSettings};
+use cellforge_core::train::finetune::{FinetuneRequest, ModelLabels, run_finetune};
 use cellforge_core::train::optim::{AdamConfig, Freeze};
 use cellforge_core::train::pretrain::{
     GenerativeSettings, ModelSize, PretrainRequest, run_pretrain,
@@ -570,18 +570,19 @@ fn main() {
                 },
                 ..tokens
             };
-            let set = read_cells(
-                &sym_path,
-                Some("counts"),
-                &GeneColumn::Index,
-                &files.vocab,
-                None,
-                batch_key.as_deref(),
-                None,
-                fixed.as_deref(),
-                &tokens,
-                0,
-            )
+            let set = CellQuery {
+                path: &sym_path,
+                layer: Some("counts"),
+                gene_col: &GeneColumn::Index,
+                vocab: &files.vocab,
+                label_key: None,
+                batch_key: batch_key.as_deref(),
+                fixed_classes: None,
+                fixed_batches: fixed.as_deref(),
+                tokens: &tokens,
+                seed: 0,
+            }
+            .read()
             .expect("cells");
             let pad = files.vocab.id("<pad>").expect("pad");
             let emb = embed_set(&model, &set, &tokens, pad, use_batch, 64, &dev).expect("embed");

@@ -2,10 +2,12 @@
 //!
 //! Goldens: `tests/fixtures/analysis/` written by
 //! `scripts/reference/make_analysis_goldens.py` (see the README there). Run with
-//! `--nocapture` to see our value next to the reference for every metric. The 20k-cell timing
-//! test is `#[ignore]`d: `cargo test --release --test analysis_parity -- --ignored --nocapture`.
+//! `--nocapture` to see our value next to the reference for every metric. Timings at 20k
+//! cells: `cargo bench -p cellforge-core --bench analysis`.
 
 #![allow(clippy::unwrap_used)]
+
+mod common;
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -431,7 +433,7 @@ fn knn_and_connectivities_match_scanpy() {
 #[test]
 fn knn_and_silhouette_match_naive_loops() {
     let (n, d, k) = (2500, 7, 10);
-    let (x, _) = synthetic(n, d, 5);
+    let (x, _) = common::synthetic_clusters(n, d, 5);
     let m = DenseMatrix::new(&x, n, d).unwrap();
     let row = |i: usize| &x[i * d..(i + 1) * d];
     let euclid = |a: &[f32], b: &[f32]| {
@@ -882,77 +884,4 @@ fn cosine_knn_handles_zero_vectors() {
             .all(|&d| (d - 1.0).abs() < 1e-7)
     );
     assert_eq!(r.indices_of(3), &[3, 1, 2]);
-}
-
-// ---- timings -----------------------------------------------------------------------------------
-
-/// 20,000 points in 50 dimensions drawn around 30 random centres (deterministic LCG).
-fn synthetic(n: usize, d: usize, n_centres: usize) -> (Vec<f32>, Vec<u32>) {
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = move || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        ((state >> 11) as f64 / (1u64 << 53) as f64) as f32
-    };
-    let centres: Vec<f32> = (0..n_centres * d).map(|_| (next() - 0.5) * 10.0).collect();
-    let mut x = Vec::with_capacity(n * d);
-    let mut labels = Vec::with_capacity(n);
-    for i in 0..n {
-        let c = i % n_centres;
-        labels.push(c as u32);
-        for t in 0..d {
-            // sum of 3 uniforms ~ roughly normal
-            let noise = next() + next() + next() - 1.5;
-            x.push(centres[c * d + t] + noise * 1.5);
-        }
-    }
-    (x, labels)
-}
-
-#[test]
-#[ignore = "timing run: cargo test --release --test analysis_parity -- --ignored --nocapture"]
-fn timing_20k() {
-    let (n, d) = (20_000, 50);
-    let (x, labels) = synthetic(n, d, 30);
-    let m = DenseMatrix::new(&x, n, d).unwrap();
-    println!("threads: {}", rayon::current_num_threads());
-    let t = Instant::now();
-    let g = neighbors(&m, 15, Metric::Euclidean).unwrap();
-    println!(
-        "kNN (k=15) + connectivities, {n} x {d}: {:.2?} (nnz {})",
-        t.elapsed(),
-        g.connectivities.nnz()
-    );
-    let t = Instant::now();
-    let r = leiden(&g.connectivities, &LeidenOptions::default()).unwrap();
-    println!(
-        "Leiden res 1.0: {:.2?} ({} clusters, {} iterations, Q {:.4}, ARI vs centres {:.4})",
-        t.elapsed(),
-        r.n_clusters,
-        r.iterations,
-        r.quality,
-        adjusted_rand_index(&r.labels, &labels).unwrap()
-    );
-    let t = Instant::now();
-    let s = silhouette_score(&m, &labels).unwrap();
-    println!("silhouette_score: {:.2?} ({s:.4})", t.elapsed());
-    let batches: Vec<u32> = (0..n as u32).map(|i| (i / 7) % 3).collect();
-    let t = Instant::now();
-    let im = integration_metrics(&m, &labels, &batches, &IntegrationOptions::default()).unwrap();
-    println!(
-        "integration_metrics: {:.2?} (AvgBIO {:.4}, AvgBATCH {:.4})",
-        t.elapsed(),
-        im.avg_bio,
-        im.avg_batch.unwrap_or(f64::NAN)
-    );
-    let (x512, _) = synthetic(n, 512, 30);
-    let m512 = DenseMatrix::new(&x512, n, 512).unwrap();
-    let t = Instant::now();
-    let k512 = knn(&m512, 15, Metric::Euclidean).unwrap();
-    println!(
-        "kNN (k=15), {n} x 512: {:.2?} ({} rows)",
-        t.elapsed(),
-        k512.n()
-    );
 }

@@ -158,6 +158,18 @@ impl ParamVisitor<B> for Collect<'_> {
     }
 }
 
+impl Collect<'_> {
+    /// Every parameter of `model` (PyTorch layout, canonical names).
+    fn weights(model: &mut ScGpt<B>) -> Self {
+        let mut c = Collect {
+            grads: None,
+            out: BTreeMap::new(),
+        };
+        visit(model, &mut c);
+        c
+    }
+}
+
 /// The float32 tensors of a reference file under canonical names (integer buffers such
 /// as `num_batches_tracked` are skipped).
 fn reference_tensors(path: &Path) -> StateDict {
@@ -242,11 +254,7 @@ fn run_case(case: &str) {
         model.update_bn(bn);
     }
     let after = reference_tensors(&dir.join("after_step.safetensors"));
-    let mut c = Collect {
-        grads: None,
-        out: BTreeMap::new(),
-    };
-    visit(&mut model, &mut c);
+    let c = Collect::weights(&mut model);
     for (name, got) in &c.out {
         let want = after
             .get(name)
@@ -296,11 +304,7 @@ fn dsbn_running_statistics_follow_pytorch() {
         model.update_bn(bn);
     }
     let stats = reference_tensors(&dir.join("dsbn_stats.safetensors"));
-    let mut c = Collect {
-        grads: None,
-        out: BTreeMap::new(),
-    };
-    visit(&mut model, &mut c);
+    let c = Collect::weights(&mut model);
     let domain = t["dsbn"]["used_domain"].as_u64().unwrap();
     let mut checked = 0;
     for d in 0..3 {

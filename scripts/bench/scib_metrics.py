@@ -23,10 +23,11 @@ import scib  # noqa: E402
 warnings.filterwarnings("ignore")
 
 
-def main():
-    path, embed, label_key, batch_key = sys.argv[1:5]
-    a = ad.read_h5ad(path)
-    a.obsm[embed] = np.asarray(a.obsm[embed], dtype=np.float32)
+def scgpt_scib_table(adata, embed, label_key, batch_key):
+    """scib.metrics.metrics with scGPT's ``eval_scib_metrics`` flags (PC regression off: it
+    needs the unintegrated object and is not part of AvgBIO/AvgBATCH) on a copy of ``adata``
+    without precomputed neighbours. Returns {metric: value}, NaN ones dropped."""
+    a = adata.copy()
     a.uns.pop("neighbors", None)
     for k in list(a.obsp.keys()):
         del a.obsp[k]
@@ -51,7 +52,14 @@ def main():
         clisi_=False,
         verbose=False,
     )
-    t = {k: float(v) for k, v in table[0].to_dict().items() if v == v}
+    return {k: float(v) for k, v in table[0].to_dict().items() if v == v}
+
+
+def main():
+    path, embed, label_key, batch_key = sys.argv[1:5]
+    a = ad.read_h5ad(path)
+    a.obsm[embed] = np.asarray(a.obsm[embed], dtype=np.float32)
+    t = scgpt_scib_table(a, embed, label_key, batch_key)
     t["avg_bio"] = float(np.mean([t["NMI_cluster/label"], t["ARI_cluster/label"], t["ASW_label"]]))
     t["avg_batch"] = float(np.mean([t["ASW_label/batch"], t["graph_conn"]]))
     print(json.dumps(t))

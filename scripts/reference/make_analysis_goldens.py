@@ -29,7 +29,7 @@ import argparse
 import json
 import os
 import re
-import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -50,6 +50,11 @@ from scanpy.neighbors._connectivity import umap as scanpy_umap  # noqa: E402
 warnings.filterwarnings("ignore")  # again: scanpy/scib install their own filters on import
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "scripts" / "bench"))
+from scib_metrics import scgpt_scib_table  # noqa: E402
+
+sys.path.insert(0, str(REPO / "scripts" / "reference"))
+from fixture_dir import prepare_out_dir  # noqa: E402
 K = 15  # scanpy / scib default n_neighbors
 LEIDEN_RES = [0.5, 1.0]
 # leidenalg's result depends on its seed (different seeds give ARI 0.7-1.0 against each
@@ -269,32 +274,7 @@ def scib_case(adata: ad.AnnData, label_key: str, batch_key: str) -> dict:
     best = np.asarray(a.obs["cluster"].astype(int))
 
     # the same numbers through scib's master function, flags as in scGPT's eval_scib_metrics
-    # (pcr_ off: PC regression needs the unintegrated object and is not part of AvgBIO/AvgBATCH)
-    b = adata.copy()
-    b.uns.pop("neighbors", None)
-    for key in list(b.obsp.keys()):
-        del b.obsp[key]
-    table = scib.metrics.metrics(
-        b,
-        adata_int=b,
-        batch_key=batch_key,
-        label_key=label_key,
-        embed="X_emb",
-        isolated_labels_asw_=False,
-        silhouette_=True,
-        hvg_score_=False,
-        graph_conn_=True,
-        pcr_=False,
-        isolated_labels_f1_=False,
-        trajectory_=False,
-        nmi_=True,
-        ari_=True,
-        cell_cycle_=False,
-        kBET_=False,
-        ilisi_=False,
-        clisi_=False,
-    )
-    t = table[0].to_dict()
+    t = scgpt_scib_table(adata, "X_emb", label_key, batch_key)
     for k_, v in {
         "NMI_cluster/label": nmi,
         "ARI_cluster/label": ari,
@@ -334,11 +314,8 @@ def main() -> None:
     args = ap.parse_args()
     data = data_dir(args.data)
     out = Path(args.out)
-    if out.exists():
-        if not (out / "analysis.json").exists():
-            raise SystemExit(f"{out} exists and does not look like an earlier run's output")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    if not prepare_out_dir(out, "analysis.json"):
+        raise SystemExit(2)
     w = Writer(out)
     sc.settings.n_jobs = 1
 

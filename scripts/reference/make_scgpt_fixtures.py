@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scgpt_env  # noqa: E402  (sets up stubs + imports scgpt)
+import scgpt_env  # noqa: E402
+from fixture_dir import prepare_out_dir  # noqa: E402  (sets up stubs + imports scgpt)
 from scgpt_env import (  # noqa: E402
     GeneVocab,
     MultiOmicTransformerModel,
@@ -1215,14 +1216,8 @@ def main(argv=None) -> int:
     t_start = time.time()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     out_root = args.out
-    if out_root.exists() and any(out_root.iterdir()):
-        # only ever wipe a previous run's output
-        if not (out_root / "embed_flash").is_dir() and not (out_root / "README.md").is_file():
-            print(f"error: {out_root} is not empty and does not look like a previous "
-                  f"fixture directory; refusing to delete it", file=sys.stderr)
-            return 2
-        shutil.rmtree(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
+    if not prepare_out_dir(out_root, "embed_flash", "README.md"):
+        return 2
     log(f"scgpt {scgpt.__version__}, torch {torch.__version__}, numpy {np.__version__}")
 
     harmony = ad.read_h5ad(args.data, backed="r")

@@ -32,7 +32,6 @@ import argparse
 import copy
 import json
 import math
-import shutil
 import sys
 import time
 from collections import OrderedDict
@@ -42,6 +41,7 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import scgpt_env  # noqa: E402  (sets up stubs + imports scgpt)
 from scgpt_env import GeneVocab, TransformerModel, scgpt  # noqa: E402,F401
+from fixture_dir import prepare_out_dir  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -807,13 +807,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     out_root = args.out
-    if out_root.exists() and any(out_root.iterdir()):
-        if not (out_root / "README.md").is_file() and not (out_root / "finetune_all").is_dir():
-            print(f"error: {out_root} is not empty and does not look like a previous "
-                  f"fixture directory; refusing to delete it", file=sys.stderr)
-            return 2
-        shutil.rmtree(out_root)
-    out_root.mkdir(parents=True, exist_ok=True)
+    if not prepare_out_dir(out_root, "README.md", "finetune_all"):
+        return 2
     log(f"scgpt {scgpt.__version__}, torch {torch.__version__}, numpy {np.__version__}")
     summaries = []
     for i, case in enumerate(CASES):

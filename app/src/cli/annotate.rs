@@ -75,11 +75,7 @@ fn request(model: &std::path::Path, q: &QueryArgs) -> anyhow::Result<AnnotateReq
         query: q.query.clone(),
         output: q.output.clone(),
         layer: q.layer.clone(),
-        gene_col: if q.gene_col == "index" {
-            GeneColumn::Index
-        } else {
-            GeneColumn::Column(q.gene_col.clone())
-        },
+        gene_col: GeneColumn::parse(&q.gene_col),
         key_added: q.key_added.clone(),
         min_confidence: q.min_confidence,
         device: q.device.parse().map_err(anyhow::Error::msg)?,

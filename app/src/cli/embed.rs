@@ -49,11 +49,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         input: args.input.clone(),
         model_dir: args.model.clone(),
         output: args.output.clone(),
-        gene_col: if args.gene_col == "index" {
-            GeneColumn::Index
-        } else {
-            GeneColumn::Column(args.gene_col.clone())
-        },
+        gene_col: GeneColumn::parse(&args.gene_col),
         device,
         precision,
         key_added: args.key_added.clone(),

@@ -81,11 +81,7 @@ impl Common {
     }
 
     fn gene_col(&self) -> GeneColumn {
-        if self.gene_col == "index" {
-            GeneColumn::Index
-        } else {
-            GeneColumn::Column(self.gene_col.clone())
-        }
+        GeneColumn::parse(&self.gene_col)
     }
 
     fn schedule(&self, default: ScheduleSpec) -> anyhow::Result<ScheduleSpec> {

@@ -18,8 +18,8 @@ use crate::io::{BackedH5ad, WriteOptions, read_h5ad_with_warnings, write_h5ad};
 use crate::model::{Heads, ModelFiles, ModelOutput, ScGpt};
 use crate::tokenize::Rng;
 use crate::train::TrainError;
-use crate::train::data::{CellSet, TokenSettings, host_batch};
-use crate::train::finetune::{ModelLabels, read_cells};
+use crate::train::data::{CellQuery, CellSet, TokenSettings, host_batch};
+use crate::train::finetune::ModelLabels;
 
 use super::embed::{EmbedOptions, embed_backed};
 use super::embed_job::{GeneColumn, gene_names};
@@ -269,18 +269,19 @@ fn predict<B: Backend>(
     let (model, _) = files.build::<B>(device)?;
     let needs_batches = labels.use_batch_labels || !model.dsbn.is_empty();
     let batch_key = labels.batch_key.as_deref().filter(|_| needs_batches);
-    let set = read_cells(
-        &req.query,
-        req.layer.as_deref(),
-        &req.gene_col,
-        &files.vocab,
-        None,
+    let set = CellQuery {
+        path: &req.query,
+        layer: req.layer.as_deref(),
+        gene_col: &req.gene_col,
+        vocab: &files.vocab,
+        label_key: None,
         batch_key,
-        None,
-        Some(&labels.batches),
-        &labels.tokens,
-        req.seed,
-    )?;
+        fixed_classes: None,
+        fixed_batches: Some(&labels.batches),
+        tokens: &labels.tokens,
+        seed: req.seed,
+    }
+    .read()?;
     if let Some(key) = batch_key
         && let Some(i) = set.batches.iter().position(Option::is_none)
     {
@@ -480,40 +481,91 @@ pub fn knn_vote(
         .collect()
 }
 
-fn embed_file<B: Backend>(
-    files: &ModelFiles,
-    path: &std::path::Path,
-    layer: Option<&str>,
-    gene_col: &GeneColumn,
-    opts: &EmbedOptions,
-    device: &B::Device,
-    events: &mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>,
-) -> Result<(Vec<f32>, usize, BackedH5ad), TrainError> {
-    let (model, _) = files.build::<B>(device)?;
-    let backed = BackedH5ad::open_matrix(path, &crate::train::data::matrix_path(layer)).map_err(
-        |source| TrainError::Read {
-            path: path.display().to_string(),
-            source,
-        },
-    )?;
-    let names = gene_names(&backed.var, gene_col).map_err(TrainError::Input)?;
-    let ids = files.vocab.match_genes(&names).ids;
-    let res = embed_backed(
-        &model,
-        device,
-        &files.vocab,
-        &backed,
-        &ids,
-        opts,
-        &mut |p| {
-            events(AnnotateEvent::Progress {
-                done: p.cells_done,
-                total: p.cells_total,
+/// Embeddings of the reference and the query with one model, and the reference's labels.
+struct MapEmbeddings {
+    reference: Vec<f32>,
+    query: Vec<f32>,
+    d: usize,
+    ref_labels: Vec<Option<u32>>,
+    label_names: Vec<String>,
+}
+
+/// Builds the model once and embeds both files; the label column is checked before the
+/// query is embedded.
+struct MapEmbed<'a> {
+    req: &'a MapRequest,
+    files: &'a ModelFiles,
+    opts: EmbedOptions,
+    events: &'a mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>,
+}
+
+impl OnBackend for MapEmbed<'_> {
+    type Output = Result<MapEmbeddings, TrainError>;
+
+    fn run<B: Backend>(self, device: &B::Device) -> Self::Output {
+        let MapEmbed {
+            req,
+            files,
+            opts,
+            events,
+        } = self;
+        let q = &req.query;
+        let (model, _) = files.build::<B>(device)?;
+        let mut embed =
+            |path: &std::path::Path| -> Result<(Vec<f32>, usize, BackedH5ad), TrainError> {
+                let backed = BackedH5ad::open_matrix(
+                    path,
+                    &crate::train::data::matrix_path(q.layer.as_deref()),
+                )
+                .map_err(|source| TrainError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let names = gene_names(&backed.var, &q.gene_col).map_err(|e| {
+                    TrainError::Input(format!("--gene-col {}: {e}", q.gene_col.name()))
+                })?;
+                let ids = files.vocab.match_genes(&names).ids;
+                let res = embed_backed(
+                    &model,
+                    device,
+                    &files.vocab,
+                    &backed,
+                    &ids,
+                    &opts,
+                    &mut |p| {
+                        events(AnnotateEvent::Progress {
+                            done: p.cells_done,
+                            total: p.cells_total,
+                        })
+                    },
+                )
+                .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
+                Ok((res.embeddings, res.d_model, backed))
+            };
+        let (reference, d, ref_backed) = embed(&req.reference)?;
+        let cat = ref_backed
+            .obs
+            .categorical(&req.label_key)
+            .map_err(|e| TrainError::Input(format!("--label-key: {e}")))?;
+        let label_names = cat.category_labels();
+        let ref_labels = cat
+            .codes
+            .iter()
+            .map(|&c| {
+                u32::try_from(c)
+                    .ok()
+                    .filter(|&c| (c as usize) < label_names.len())
             })
-        },
-    )
-    .map_err(|e| TrainError::Input(format!("{}: {e}", path.display())))?;
-    Ok((res.embeddings, res.d_model, backed))
+            .collect();
+        let (query, _, _) = embed(&q.query)?;
+        Ok(MapEmbeddings {
+            reference,
+            query,
+            d,
+            ref_labels,
+            label_names,
+        })
+    }
 }
 
 /// Run `map` to completion.
@@ -534,57 +586,19 @@ pub fn run_map(
         ..EmbedOptions::default()
     };
     let start = Instant::now();
-    let layer = q.layer.as_deref();
-    struct Embed<'a> {
-        files: &'a ModelFiles,
-        path: &'a std::path::Path,
-        layer: Option<&'a str>,
-        gene_col: &'a GeneColumn,
-        opts: &'a EmbedOptions,
-        events: &'a mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>,
-    }
-    impl OnBackend for Embed<'_> {
-        type Output = Result<(Vec<f32>, usize, BackedH5ad), TrainError>;
-        fn run<B: Backend>(self, device: &B::Device) -> Self::Output {
-            embed_file::<B>(
-                self.files,
-                self.path,
-                self.layer,
-                self.gene_col,
-                self.opts,
-                device,
-                self.events,
-            )
-        }
-    }
-    let embed = |path: &std::path::Path,
-                 events: &mut dyn FnMut(AnnotateEvent) -> ControlFlow<()>| {
-        let job = Embed {
-            files: &files,
-            path,
-            layer,
-            gene_col: &q.gene_col,
-            opts: &opts,
-            events,
-        };
-        dispatch(choice.backend, job)
+    let job = MapEmbed {
+        req,
+        files: &files,
+        opts,
+        events,
     };
-    let (ref_emb, d, ref_backed) = embed(&req.reference, events)?;
-    let cat = ref_backed
-        .obs
-        .categorical(&req.label_key)
-        .map_err(|e| TrainError::Input(format!("--label-key: {e}")))?;
-    let names = cat.category_labels();
-    let ref_labels: Vec<Option<u32>> = cat
-        .codes
-        .iter()
-        .map(|&c| {
-            u32::try_from(c)
-                .ok()
-                .filter(|&c| (c as usize) < names.len())
-        })
-        .collect();
-    let (query_emb, _, _) = embed(&q.query, events)?;
+    let MapEmbeddings {
+        reference: ref_emb,
+        query: query_emb,
+        d,
+        ref_labels,
+        label_names: names,
+    } = dispatch(choice.backend, job)?;
     let votes = knn_vote(&ref_emb, &ref_labels, &query_emb, d, req.k);
     let n_empty = votes.iter().filter(|v| v.is_none()).count();
     let mut out_labels = Vec::with_capacity(votes.len());

@@ -25,6 +25,25 @@ pub enum GeneColumn {
     Column(String),
 }
 
+impl GeneColumn {
+    /// `index` means var_names; anything else names a var column.
+    pub fn parse(s: &str) -> Self {
+        if s == "index" {
+            GeneColumn::Index
+        } else {
+            GeneColumn::Column(s.to_string())
+        }
+    }
+
+    /// The name as the user gives it (`index` or the column).
+    pub fn name(&self) -> &str {
+        match self {
+            GeneColumn::Index => "index",
+            GeneColumn::Column(c) => c,
+        }
+    }
+}
+
 /// Everything an embed run needs.
 #[derive(Clone, Debug)]
 pub struct EmbedRequest {
@@ -193,15 +212,8 @@ fn run_on<B: Backend>(
         input: input.clone(),
         source,
     })?;
-    let names = gene_names(&backed.var, &req.gene_col).map_err(|e| {
-        EmbedJobError::GeneColumn(
-            match &req.gene_col {
-                GeneColumn::Index => "index".into(),
-                GeneColumn::Column(c) => c.clone(),
-            },
-            e,
-        )
-    })?;
+    let names = gene_names(&backed.var, &req.gene_col)
+        .map_err(|e| EmbedJobError::GeneColumn(req.gene_col.name().to_string(), e))?;
     let matched = files.vocab.match_genes(&names);
     let _ = events(EmbedEvent::GenesMatched(matched.clone(), files.vocab.len()));
     let result: EmbedResult = embed_backed(
@@ -308,10 +320,7 @@ fn run_on<B: Backend>(
     );
     prov.insert(
         "gene_col".into(),
-        Element::String(match &req.gene_col {
-            GeneColumn::Index => "index".into(),
-            GeneColumn::Column(c) => c.clone(),
-        }),
+        Element::String(req.gene_col.name().to_string()),
     );
     prov.insert(
         "genes_matched".into(),

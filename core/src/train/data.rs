@@ -10,6 +10,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::anndata::ArrayData;
 use crate::io::BackedH5ad;
 use crate::model::TokenBatch;
+use crate::tl::embed_job::{GeneColumn, gene_names};
 use crate::tokenize::{
     CellTokens, PaddedBatch, Rng, TokenizeOptions, ValuePrecision, bin_cell, pad_batch,
     random_mask_value, tokenize_values,
@@ -108,154 +109,151 @@ fn codes(
     Ok((out, names))
 }
 
-/// Read and tokenise every cell of `path` into memory; see [`load_cells_into`].
-#[allow(clippy::too_many_arguments)]
-pub fn load_cells(
-    path: &Path,
-    layer: Option<&str>,
-    gene_names: &dyn Fn(&BackedH5ad) -> Result<Vec<String>, String>,
-    vocab: &GeneVocab,
-    label_key: Option<&str>,
-    batch_key: Option<&str>,
-    fixed_classes: Option<&[String]>,
-    fixed_batches: Option<&[String]>,
-    settings: &TokenSettings,
-    seed: u64,
-) -> Result<CellSet, TrainError> {
-    let mut sink = TokenSink::Memory(Vec::new());
-    let mut set = load_cells_into(
-        path,
-        layer,
-        gene_names,
-        vocab,
-        label_key,
-        batch_key,
-        fixed_classes,
-        fixed_batches,
-        settings,
-        seed,
-        &mut sink,
-    )?;
-    set.cells = sink
-        .finish()
-        .map_err(|e| TrainError::Input(e.to_string()))?;
-    Ok(set)
+/// What to read from a dataset and how to tokenise it.
+#[derive(Clone, Copy, Debug)]
+pub struct CellQuery<'a> {
+    pub path: &'a Path,
+    /// `None` for X, a layer name, or `raw` for raw/X.
+    pub layer: Option<&'a str>,
+    pub gene_col: &'a GeneColumn,
+    pub vocab: &'a GeneVocab,
+    pub label_key: Option<&'a str>,
+    pub batch_key: Option<&'a str>,
+    /// A trained model's classes / batches (codes follow them); `None`: the used labels,
+    /// sorted.
+    pub fixed_classes: Option<&'a [String]>,
+    pub fixed_batches: Option<&'a [String]>,
+    pub tokens: &'a TokenSettings,
+    pub seed: u64,
 }
 
-/// Read and tokenise every cell of `path` (X, or `layer`) into `sink`; the returned set
-/// has everything but the tokens. Genes are matched to the vocabulary by `gene_names` (one
-/// per var row). Binning is per cell over its vocabulary genes, seeded by `seed` and the
-/// row, so a cell always gets the same tokens.
-#[allow(clippy::too_many_arguments)]
-pub fn load_cells_into(
-    path: &Path,
-    layer: Option<&str>,
-    gene_names: &dyn Fn(&BackedH5ad) -> Result<Vec<String>, String>,
-    vocab: &GeneVocab,
-    label_key: Option<&str>,
-    batch_key: Option<&str>,
-    fixed_classes: Option<&[String]>,
-    fixed_batches: Option<&[String]>,
-    settings: &TokenSettings,
-    seed: u64,
-    sink: &mut TokenSink,
-) -> Result<CellSet, TrainError> {
-    let backed =
-        BackedH5ad::open_matrix(path, &matrix_path(layer)).map_err(|source| TrainError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-    let names = gene_names(&backed).map_err(TrainError::Input)?;
-    let matched = vocab.match_genes(&names);
-    let genes_matched = matched.n_matched;
-    let ids = matched.ids;
-    if genes_matched == 0 {
-        return Err(TrainError::Input(format!(
-            "none of the {} genes of {} is in the model's vocabulary",
-            names.len(),
-            path.display()
-        )));
+impl CellQuery<'_> {
+    /// Read and tokenise every cell into memory; see [`CellQuery::read_into`].
+    pub fn read(&self) -> Result<CellSet, TrainError> {
+        let mut sink = TokenSink::Memory(Vec::new());
+        let mut set = self.read_into(&mut sink)?;
+        set.cells = sink
+            .finish()
+            .map_err(|e| TrainError::Input(e.to_string()))?;
+        Ok(set)
     }
-    let cls_id = vocab
-        .id("<cls>")
-        .ok_or_else(|| TrainError::Input("the vocabulary has no <cls> token".into()))?;
-    let (labels, class_names) = codes(&backed, label_key, "label", fixed_classes)?;
-    let (batches, batch_names) = codes(&backed, batch_key, "batch", fixed_batches)?;
-    let [n_rows, n_cols] = backed.shape();
-    let opts = TokenizeOptions {
-        include_zero_genes: settings.include_zero_genes,
-        append_cls: true,
-        cls_value: settings.cls_value,
-        max_len: settings.max_len,
-    };
-    let vocab_cols: Vec<usize> = (0..n_cols).filter(|&c| ids[c].is_some()).collect();
-    let col_genes: Vec<Option<u32>> = vocab_cols.iter().map(|&c| ids[c]).collect();
-    let mut pos_of_col = vec![usize::MAX; n_cols];
-    for (p, &c) in vocab_cols.iter().enumerate() {
-        pos_of_col[c] = p;
-    }
-    let mut set = CellSet {
-        n_rows,
-        class_names,
-        batch_names,
-        genes_matched,
-        ..CellSet::default()
-    };
-    let mut dense = vec![0f64; vocab_cols.len()];
-    for chunk in backed.chunks(4096) {
-        let (rows, chunk) = chunk.map_err(|source| TrainError::Read {
-            path: path.display().to_string(),
-            source,
+
+    /// Read and tokenise every cell of the file (X, a layer or raw/X) into `sink`; the
+    /// returned set has everything but the tokens. Genes are matched to the vocabulary by
+    /// `gene_col`. Binning is per cell over its vocabulary genes, seeded by `seed` and the
+    /// row, so a cell always gets the same tokens.
+    pub fn read_into(&self, sink: &mut TokenSink) -> Result<CellSet, TrainError> {
+        let CellQuery {
+            path,
+            layer,
+            gene_col,
+            vocab,
+            label_key,
+            batch_key,
+            fixed_classes,
+            fixed_batches,
+            tokens: settings,
+            seed,
+        } = *self;
+        let backed = BackedH5ad::open_matrix(path, &matrix_path(layer)).map_err(|source| {
+            TrainError::Read {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
-        let csr = chunk.into_csr();
-        let precision = match csr.data {
-            ArrayData::F32(_) => ValuePrecision::F32,
-            _ => ValuePrecision::F64,
-        };
-        let values = csr.data.to_f64_vec();
-        for r in 0..csr.shape[0] {
-            let row = rows.start + r;
-            dense.iter_mut().for_each(|v| *v = 0.0);
-            let (a, b) = (csr.indptr[r] as usize, csr.indptr[r + 1] as usize);
-            for (&col, &v) in csr.indices[a..b].iter().zip(&values[a..b]) {
-                let col = col as usize;
-                if !v.is_finite() || v < 0.0 {
-                    return Err(TrainError::Input(format!(
-                        "{} has a {} value ({v}) in cell {} (row {row}), gene {}: training needs \
-                         finite, non-negative expression (counts or log-normalised data)",
-                        path.display(),
-                        if v.is_nan() {
-                            "NaN"
-                        } else if v < 0.0 {
-                            "negative"
-                        } else {
-                            "infinite"
-                        },
-                        backed.obs.index.get(row).cloned().unwrap_or_default(),
-                        backed.var.index.get(col).cloned().unwrap_or_default()
-                    )));
-                }
-                if let Some(&p) = pos_of_col.get(col)
-                    && p != usize::MAX
-                {
-                    dense[p] = v;
-                }
-            }
-            if dense.iter().all(|&v| v == 0.0) {
-                set.empty_rows.push(row);
-                continue;
-            }
-            let mut rng = Rng::for_item(seed, row as u64);
-            let (bins, _) = bin_cell(&dense, settings.n_bins, precision, &mut rng);
-            let bins: Vec<f32> = bins.iter().map(|&b| f32::from(b)).collect();
-            sink.push(tokenize_values(&col_genes, &bins, cls_id, &opts, &mut rng))
-                .map_err(|e| TrainError::Input(e.to_string()))?;
-            set.rows.push(row);
-            set.labels.push(labels[row]);
-            set.batches.push(batches[row]);
+        let names = gene_names(&backed.var, gene_col)
+            .map_err(|e| TrainError::Input(format!("--gene-col {}: {e}", gene_col.name())))?;
+        let matched = vocab.match_genes(&names);
+        let genes_matched = matched.n_matched;
+        let ids = matched.ids;
+        if genes_matched == 0 {
+            return Err(TrainError::Input(format!(
+                "none of the {} genes of {} is in the model's vocabulary",
+                names.len(),
+                path.display()
+            )));
         }
+        let cls_id = vocab
+            .id("<cls>")
+            .ok_or_else(|| TrainError::Input("the vocabulary has no <cls> token".into()))?;
+        let (labels, class_names) = codes(&backed, label_key, "label", fixed_classes)?;
+        let (batches, batch_names) = codes(&backed, batch_key, "batch", fixed_batches)?;
+        let [n_rows, n_cols] = backed.shape();
+        let opts = TokenizeOptions {
+            include_zero_genes: settings.include_zero_genes,
+            append_cls: true,
+            cls_value: settings.cls_value,
+            max_len: settings.max_len,
+        };
+        let vocab_cols: Vec<usize> = (0..n_cols).filter(|&c| ids[c].is_some()).collect();
+        let col_genes: Vec<Option<u32>> = vocab_cols.iter().map(|&c| ids[c]).collect();
+        let mut pos_of_col = vec![usize::MAX; n_cols];
+        for (p, &c) in vocab_cols.iter().enumerate() {
+            pos_of_col[c] = p;
+        }
+        let mut set = CellSet {
+            n_rows,
+            class_names,
+            batch_names,
+            genes_matched,
+            ..CellSet::default()
+        };
+        let mut dense = vec![0f64; vocab_cols.len()];
+        for chunk in backed.chunks(4096) {
+            let (rows, chunk) = chunk.map_err(|source| TrainError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let csr = chunk.into_csr();
+            let precision = match csr.data {
+                ArrayData::F32(_) => ValuePrecision::F32,
+                _ => ValuePrecision::F64,
+            };
+            let values = csr.data.to_f64_vec();
+            for r in 0..csr.shape[0] {
+                let row = rows.start + r;
+                dense.iter_mut().for_each(|v| *v = 0.0);
+                let (a, b) = (csr.indptr[r] as usize, csr.indptr[r + 1] as usize);
+                for (&col, &v) in csr.indices[a..b].iter().zip(&values[a..b]) {
+                    let col = col as usize;
+                    if !v.is_finite() || v < 0.0 {
+                        return Err(TrainError::Input(format!(
+                            "{} has a {} value ({v}) in cell {} (row {row}), gene {}: training needs \
+                         finite, non-negative expression (counts or log-normalised data)",
+                            path.display(),
+                            if v.is_nan() {
+                                "NaN"
+                            } else if v < 0.0 {
+                                "negative"
+                            } else {
+                                "infinite"
+                            },
+                            backed.obs.index.get(row).cloned().unwrap_or_default(),
+                            backed.var.index.get(col).cloned().unwrap_or_default()
+                        )));
+                    }
+                    if let Some(&p) = pos_of_col.get(col)
+                        && p != usize::MAX
+                    {
+                        dense[p] = v;
+                    }
+                }
+                if dense.iter().all(|&v| v == 0.0) {
+                    set.empty_rows.push(row);
+                    continue;
+                }
+                let mut rng = Rng::for_item(seed, row as u64);
+                let (bins, _) = bin_cell(&dense, settings.n_bins, precision, &mut rng);
+                let bins: Vec<f32> = bins.iter().map(|&b| f32::from(b)).collect();
+                sink.push(tokenize_values(&col_genes, &bins, cls_id, &opts, &mut rng))
+                    .map_err(|e| TrainError::Input(e.to_string()))?;
+                set.rows.push(row);
+                set.labels.push(labels[row]);
+                set.batches.push(batches[row]);
+            }
+        }
+        Ok(set)
     }
-    Ok(set)
 }
 
 /// A seeded split of `items` into (train, validation): `fraction` of the items (at least one

@@ -12,16 +12,13 @@ use crate::device::{DeviceChoice, DeviceRequest, OnAutodiff, dispatch_autodiff};
 use crate::model::config::{InputNorm, MvcStyle};
 use crate::model::weights::load_matching;
 use crate::model::{LoadReport, ModelConfig, ModelFiles, ScGpt};
-use crate::tl::embed_job::{GeneColumn, gene_names};
-use crate::vocab::GeneVocab;
+use crate::tl::embed_job::GeneColumn;
 
-use super::data::{CellSet, TokenSettings, load_cells, split};
+use super::data::{CellQuery, TokenSettings, split};
 use super::{History, TrainConfig, TrainError, TrainEvent, train};
 
 /// Name of the file describing a fine-tuned model's classes and tokenisation.
 pub const LABELS_FILE: &str = "labels.json";
-/// Name of the training log written next to a fine-tuned model.
-pub const TRAIN_LOG: &str = "train_log.json";
 
 /// What a fine-tuned model needs to be applied to new data.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -136,49 +133,6 @@ pub fn finetune_config(
     c
 }
 
-fn gene_reader(col: &GeneColumn) -> impl Fn(&crate::io::BackedH5ad) -> Result<Vec<String>, String> {
-    let col = col.clone();
-    move |b| {
-        gene_names(&b.var, &col).map_err(|e| {
-            format!(
-                "--gene-col {}: {e}",
-                match &col {
-                    GeneColumn::Index => "index",
-                    GeneColumn::Column(c) => c.as_str(),
-                }
-            )
-        })
-    }
-}
-
-/// Read a dataset for training or prediction with a model's tokenisation.
-#[allow(clippy::too_many_arguments)]
-pub fn read_cells(
-    path: &Path,
-    layer: Option<&str>,
-    gene_col: &GeneColumn,
-    vocab: &GeneVocab,
-    label_key: Option<&str>,
-    batch_key: Option<&str>,
-    fixed_classes: Option<&[String]>,
-    fixed_batches: Option<&[String]>,
-    tokens: &TokenSettings,
-    seed: u64,
-) -> Result<CellSet, TrainError> {
-    load_cells(
-        path,
-        layer,
-        &gene_reader(gene_col),
-        vocab,
-        label_key,
-        batch_key,
-        fixed_classes,
-        fixed_batches,
-        tokens,
-        seed,
-    )
-}
-
 /// Run a fine-tuning job to completion (or cancellation).
 pub fn run_finetune(
     req: &FinetuneRequest,
@@ -240,18 +194,19 @@ fn run_on<B: AutodiffBackend>(
         ));
     }
     cfg.by_batch |= req.dsbn;
-    let set = read_cells(
-        &req.reference,
-        req.layer.as_deref(),
-        &req.gene_col,
-        &files.vocab,
-        req.label_key.as_deref().filter(|_| o.cls > 0.0),
-        req.batch_key.as_deref().filter(|_| needs_batches),
-        None,
-        None,
-        &cfg.tokens,
-        cfg.seed,
-    )?;
+    let set = CellQuery {
+        path: &req.reference,
+        layer: req.layer.as_deref(),
+        gene_col: &req.gene_col,
+        vocab: &files.vocab,
+        label_key: req.label_key.as_deref().filter(|_| o.cls > 0.0),
+        batch_key: req.batch_key.as_deref().filter(|_| needs_batches),
+        fixed_classes: None,
+        fixed_batches: None,
+        tokens: &cfg.tokens,
+        seed: cfg.seed,
+    }
+    .read()?;
     // Cells without a label (or batch, when needed) cannot take part.
     let usable: Vec<usize> = (0..set.cells.len())
         .filter(|&i| o.cls <= 0.0 || set.labels[i].is_some())
@@ -312,19 +267,12 @@ fn run_on<B: AutodiffBackend>(
         "train": &cfg,
         "cellforge": env!("CARGO_PKG_VERSION"),
     });
-    let vocab = &files.vocab;
-    let mut save_best = |m: &mut ScGpt<B::InnerBackend>, h: &History| -> Result<(), TrainError> {
-        crate::model::save_native(m, vocab, &out, provenance.clone())?;
-        let text =
-            serde_json::to_string_pretty(&labels).map_err(|e| TrainError::Input(e.to_string()))?;
-        crate::model::write_atomic(&out.join(LABELS_FILE), text.as_bytes())?;
-        let log = serde_json::to_string(h).map_err(|e| TrainError::Input(e.to_string()))?;
-        crate::model::write_atomic(&out.join(TRAIN_LOG), log.as_bytes())?;
-        Ok(())
-    };
+    let text =
+        serde_json::to_string_pretty(&labels).map_err(|e| TrainError::Input(e.to_string()))?;
+    crate::model::write_atomic(&out.join(LABELS_FILE), text.as_bytes())?;
     let (_, history) = train(
         model,
-        vocab,
+        &files.vocab,
         &set,
         &train_items,
         &valid_items,
@@ -332,11 +280,9 @@ fn run_on<B: AutodiffBackend>(
         &out,
         req.resume,
         device,
-        &mut save_best,
+        &provenance,
         &mut |e| events(FinetuneEvent::Train(e)),
     )?;
-    let log = serde_json::to_string(&history).map_err(|e| TrainError::Input(e.to_string()))?;
-    crate::model::write_atomic(&out.join(TRAIN_LOG), log.as_bytes())?;
     Ok(FinetuneSummary {
         device: choice,
         history,

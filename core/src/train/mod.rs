@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::model::net::BnUpdate;
@@ -328,8 +328,29 @@ pub fn compute_losses<B: Backend>(
     })
 }
 
-fn scalar<B: Backend>(t: Tensor<B, 1>) -> f64 {
-    f64::from(t.into_scalar().elem::<f32>())
+impl<B: Backend> Losses<B> {
+    /// Every term's value, then `("total", weighted sum)`, read from the device at once
+    /// (one synchronisation per step instead of one per term).
+    pub fn values(&self) -> Result<Vec<(String, f64)>, TrainError> {
+        let all: Vec<Tensor<B, 1>> = self
+            .terms
+            .iter()
+            .map(|(_, _, t)| t.clone())
+            .chain(std::iter::once(self.total.clone()))
+            .collect();
+        let host = Tensor::cat(all, 0)
+            .into_data()
+            .convert::<f64>()
+            .into_vec::<f64>()
+            .map_err(|e| TrainError::Readback(format!("{e:?}")))?;
+        Ok(self
+            .terms
+            .iter()
+            .map(|(n, _, _)| n.to_string())
+            .chain(std::iter::once("total".to_string()))
+            .zip(host)
+            .collect())
+    }
 }
 
 /// Learning-rate schedule kinds as configured (resolved to step counts at run time).
@@ -483,6 +504,9 @@ struct CheckpointState {
     epochs_without_improvement: usize,
 }
 
+/// Name of the training history written next to a trained model.
+pub const TRAIN_LOG: &str = "train_log.json";
+
 const CKPT_DIR: &str = "checkpoint";
 const CKPT_OPTIM: &str = "optimizer.safetensors";
 const CKPT_STATE: &str = "state.json";
@@ -571,10 +595,6 @@ fn mix(seed: u64, salt: u64, i: u64) -> u64 {
 /// Validation loss, its terms, and (accuracy, macro F1) when the classifier is trained.
 type Validation = (f64, Vec<(String, f64)>, Option<(f64, f64)>);
 
-/// Called with the best model so far (evaluation copy) and the history.
-pub type SaveBest<'a, B> = dyn FnMut(&mut ScGpt<<B as AutodiffBackend>::InnerBackend>, &History) -> Result<(), TrainError>
-    + 'a;
-
 /// Losses (and classifier accuracy) of the evaluation-mode model over `items`.
 fn validate<B: Backend>(
     model: &ScGpt<B>,
@@ -604,14 +624,14 @@ fn validate<B: Backend>(
             continue;
         };
         let w = idx.len() as f64;
-        for (i, (name, _, t)) in l.terms.iter().enumerate() {
-            let v = scalar(t.clone());
+        let mut values = l.values()?;
+        total += values.pop().map_or(0.0, |t| t.1) * w;
+        for (i, (name, v)) in values.into_iter().enumerate() {
             if sums.len() <= i {
-                sums.push((name.to_string(), 0.0));
+                sums.push((name, 0.0));
             }
             sums[i].1 += v * w;
         }
-        total += scalar(l.total) * w;
         n += idx.len();
         if let (Some(logits), Some(labels)) = (l.cls_logits, &labels) {
             let am = logits
@@ -636,8 +656,9 @@ fn validate<B: Backend>(
 
 /// Train `model` on the cells `train` of `set`, validating on `valid` after every epoch.
 /// The best model (lowest validation loss; the last one without validation) is written to
-/// `out` as a cellforge model folder by `save_best`; resumable checkpoints go to
-/// `out/checkpoint`. With `resume`, training continues from that checkpoint.
+/// `out` as a cellforge model folder with `provenance` in its config, the history to
+/// `out/train_log.json` after every epoch; resumable checkpoints go to `out/checkpoint`.
+/// With `resume`, training continues from that checkpoint.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
     mut model: ScGpt<B>,
@@ -649,7 +670,7 @@ pub fn train<B: AutodiffBackend>(
     out: &Path,
     resume: bool,
     device: &B::Device,
-    save_best: &mut SaveBest<'_, B>,
+    provenance: &serde_json::Value,
     events: &mut dyn FnMut(TrainEvent) -> ControlFlow<()>,
 ) -> Result<(ScGpt<B>, History), TrainError> {
     let obj = &cfg.objectives;
@@ -735,7 +756,8 @@ pub fn train<B: AutodiffBackend>(
                 state.batch_in_epoch += 1;
                 continue;
             };
-            let total = scalar(losses.total.clone());
+            let terms = losses.values()?;
+            let total = terms.last().map_or(f64::NAN, |t| t.1);
             if !total.is_finite() {
                 return Err(TrainError::NotFinite {
                     value: total,
@@ -743,12 +765,6 @@ pub fn train<B: AutodiffBackend>(
                     epoch,
                 });
             }
-            let mut terms: Vec<(String, f64)> = losses
-                .terms
-                .iter()
-                .map(|(n, _, t)| (n.to_string(), scalar(t.clone())))
-                .collect();
-            terms.push(("total".into(), total));
             let grads = losses.total.backward();
             let lr = cfg.lr * schedule.factor(step as usize, epoch);
             let info = adam.step(&mut model, &grads, lr);
@@ -788,15 +804,8 @@ pub fn train<B: AutodiffBackend>(
         let (improved, stop) = if valid_items.is_empty() {
             (true, false)
         } else {
-            let (loss, losses, acc) = validate(
-                &inner,
-                set,
-                valid_items,
-                cfg,
-                pad_id,
-                device_inner::<B>(device),
-                epoch,
-            )?;
+            let (loss, losses, acc) =
+                validate(&inner, set, valid_items, cfg, pad_id, device, epoch)?;
             let improved = state.history.best_loss.is_none_or(|b| loss < b);
             state.history.valid.push((epoch, loss, acc.map(|a| a.0)));
             if improved {
@@ -825,24 +834,22 @@ pub fn train<B: AutodiffBackend>(
         if improved {
             state.history.best_epoch = Some(epoch);
             let mut inner = inner;
-            save_best(&mut inner, &state.history)?;
+            crate::model::save_native(&mut inner, vocab, out, provenance.clone())?;
         }
         if stop {
             state.history.early_stopped = true;
             let _ = events(TrainEvent::EarlyStop { epoch });
             state.epoch = cfg.epochs;
         }
+        let log =
+            serde_json::to_string(&state.history).map_err(|e| ckpt_err(&out.join(TRAIN_LOG), e))?;
+        crate::model::write_atomic(&out.join(TRAIN_LOG), log.as_bytes())?;
         if cfg.checkpoint_every.is_some() {
             let dir = save_checkpoint(out, &model, vocab, &adam, &state)?;
             let _ = events(TrainEvent::Checkpoint(dir));
         }
     }
     Ok((model, state.history))
-}
-
-/// The inner backend's device for an autodiff device (they are the same type).
-fn device_inner<B: AutodiffBackend>(d: &B::Device) -> &B::Device {
-    d
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::tokenize::{CellTokens, Rng};
 use crate::vocab::GeneVocab;
 
 use super::cache::{CacheWriter, TokenSink};
-use super::data::{CellSet, load_cells_into, split};
+use super::data::{CellQuery, CellSet, split};
 use super::{History, Losses, TrainConfig, TrainError, TrainEvent, loss, train};
 
 /// Generative objective settings.
@@ -398,22 +398,20 @@ fn run_on<B: AutodiffBackend>(
         TokenSink::Memory(Vec::new())
     };
     let mut set = CellSet::default();
-    let col = req.gene_col.clone();
-    let reader = move |b: &crate::io::BackedH5ad| gene_names(&b.var, &col);
     for (fi, f) in files.iter().enumerate() {
-        let part = load_cells_into(
-            f,
-            req.layer.as_deref(),
-            &reader,
-            &vocab,
-            None,
-            None,
-            None,
-            None,
-            &cfg.tokens,
-            cfg.seed.wrapping_add(fi as u64),
-            &mut sink,
-        )?;
+        let part = CellQuery {
+            path: f,
+            layer: req.layer.as_deref(),
+            gene_col: &req.gene_col,
+            vocab: &vocab,
+            label_key: None,
+            batch_key: None,
+            fixed_classes: None,
+            fixed_batches: None,
+            tokens: &cfg.tokens,
+            seed: cfg.seed.wrapping_add(fi as u64),
+        }
+        .read_into(&mut sink)?;
         let base = set.n_rows;
         set.rows.extend(part.rows.iter().map(|r| base + r));
         set.labels.extend(part.labels);
@@ -445,10 +443,7 @@ fn run_on<B: AutodiffBackend>(
     B::seed(device, cfg.seed);
     let mut model = ScGpt::<B>::init(&mc, device);
     model.set_gene_padding_idx(vocab.id("<pad>").map(|i| i as usize));
-    let parameters = crate::model::weights::named_tensors(&mut model.clone())?
-        .iter()
-        .map(|(_, t)| t.numel())
-        .sum();
+    let parameters = burn::module::Module::num_params(&model);
     let provenance = serde_json::json!({
         "task": "pretrain",
         "corpus": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
@@ -457,13 +452,6 @@ fn run_on<B: AutodiffBackend>(
         "train": &cfg,
         "cellforge": env!("CARGO_PKG_VERSION"),
     });
-    let out = req.output.clone();
-    let mut save_best = |m: &mut ScGpt<B::InnerBackend>, h: &History| -> Result<(), TrainError> {
-        crate::model::save_native(m, &vocab, &out, provenance.clone())?;
-        let log = serde_json::to_string(h).map_err(|e| TrainError::Input(e.to_string()))?;
-        crate::model::write_atomic(&out.join(super::finetune::TRAIN_LOG), log.as_bytes())?;
-        Ok(())
-    };
     let (_, history) = train(
         model,
         &vocab,
@@ -474,7 +462,7 @@ fn run_on<B: AutodiffBackend>(
         &req.output,
         req.resume,
         device,
-        &mut save_best,
+        &provenance,
         &mut |e| events(PretrainEvent::Train(e)),
     )?;
     Ok(PretrainSummary {

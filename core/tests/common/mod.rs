@@ -86,3 +86,28 @@ impl Io {
         Tensor::from_data(TensorData::new(v, [s[0], s[1]]), dev)
     }
 }
+
+/// `n` points in `d` dimensions around `n_centres` random centres (deterministic LCG), with
+/// each point's centre as its label.
+pub fn synthetic_clusters(n: usize, d: usize, n_centres: usize) -> (Vec<f32>, Vec<u32>) {
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((state >> 11) as f64 / (1u64 << 53) as f64) as f32
+    };
+    let centres: Vec<f32> = (0..n_centres * d).map(|_| (next() - 0.5) * 10.0).collect();
+    let mut x = Vec::with_capacity(n * d);
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let c = i % n_centres;
+        labels.push(c as u32);
+        for t in 0..d {
+            // sum of 3 uniforms ~ roughly normal
+            let noise = next() + next() + next() - 1.5;
+            x.push(centres[c * d + t] + noise * 1.5);
+        }
+    }
+    (x, labels)
+}
