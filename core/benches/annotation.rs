@@ -43,7 +43,6 @@ use cellforge_core::tl::annotate::{AnnotateRequest, MapRequest, embed_set, run_a
 use cellforge_core::tl::embed_job::GeneColumn;
 use cellforge_core::train::data::{CellQuery, TokenSettings};
 use cellforge_core::train::finetune::{FinetuneRequest, ModelLabels, run_finetune};
-use cellforge_core::train::optim::{AdamConfig, Freeze};
 use cellforge_core::train::pretrain::{
     GenerativeSettings, ModelSize, PretrainRequest, run_pretrain,
 };
@@ -107,38 +106,28 @@ struct Settings {
 }
 
 fn train_config(s: &Settings, epochs: usize, lr: f64, generative: bool) -> TrainConfig {
+    let base = if generative {
+        TrainConfig {
+            schedule: ScheduleSpec::Cosine {
+                warmup_fraction: 0.05,
+            },
+            generative: Some(GenerativeSettings {
+                cell_prompt_after: Some(300),
+                ..GenerativeSettings::default()
+            }),
+            ..TrainConfig::pretrain_recipe()
+        }
+    } else {
+        TrainConfig::finetune_recipe()
+    };
     TrainConfig {
-        objectives: Objectives::default(),
         epochs,
         lr,
-        batch_size: 32,
-        mask_ratio: 0.0,
-        seed: 0,
-        adam: AdamConfig::default(),
-        schedule: if generative {
-            ScheduleSpec::Cosine {
-                warmup_fraction: 0.05,
-            }
-        } else {
-            ScheduleSpec::Step { gamma: 0.9 }
-        },
-        freeze: Freeze::default(),
-        patience: None,
-        checkpoint_every: None,
         tokens: TokenSettings {
-            include_zero_genes: false,
             max_len: s.max_len,
-            cls_value: if generative { -2.0 } else { 0.0 },
-            n_bins: 51,
-            pad_value: -2.0,
-            mask_value: -1.0,
+            ..base.tokens.clone()
         },
-        use_batch_labels: false,
-        by_batch: false,
-        generative: generative.then(|| GenerativeSettings {
-            cell_prompt_after: Some(300),
-            ..GenerativeSettings::default()
-        }),
+        ..base
     }
 }
 

@@ -600,31 +600,12 @@ fn gradient_reversal_flips_the_sign_exactly() {
     let x = Tensor::<B, 2>::random([3, 4], Distribution::Normal(0.0, 1.0), &dev).require_grad();
     let c = Tensor::<B, 2>::random([3, 4], Distribution::Normal(0.0, 1.0), &dev);
     let y = cellforge_core::model::net::grad_reverse(x.clone(), 1.0);
+    let host =
+        |t: Tensor<Inner, 2>| -> Vec<f32> { t.into_data().convert::<f32>().into_vec().unwrap() };
     // Forward: the identity, bit for bit.
-    let xv: Vec<f32> = x
-        .clone()
-        .inner()
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .unwrap();
-    let yv: Vec<f32> = y
-        .clone()
-        .inner()
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .unwrap();
-    assert_eq!(xv, yv);
+    assert_eq!(host(x.clone().inner()), host(y.clone().inner()));
     let grads = (y * c.clone()).sum().backward();
-    let g: Vec<f32> = x
-        .grad(&grads)
-        .unwrap()
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .unwrap();
-    let cv: Vec<f32> = c.inner().into_data().convert::<f32>().into_vec().unwrap();
-    let neg: Vec<f32> = cv.iter().map(|v| -v).collect();
+    let g = host(x.grad(&grads).unwrap());
+    let neg: Vec<f32> = host(c.inner()).iter().map(|v| -v).collect();
     assert_eq!(g, neg, "the gradient must be exactly -c");
 }

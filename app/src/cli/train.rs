@@ -111,6 +111,22 @@ impl Common {
         })
     }
 
+    /// The recipe `base` with the shared options applied (epochs, lr, batch size, seed,
+    /// optimiser, schedule, patience, checkpoints).
+    fn apply(&self, base: TrainConfig) -> anyhow::Result<TrainConfig> {
+        Ok(TrainConfig {
+            epochs: self.epochs.unwrap_or(base.epochs),
+            lr: self.lr.unwrap_or(base.lr),
+            batch_size: self.batch_size.max(1),
+            seed: self.seed,
+            adam: self.adam(),
+            schedule: self.schedule(base.schedule.clone())?,
+            patience: self.patience,
+            checkpoint_every: self.checkpoint_every,
+            ..base
+        })
+    }
+
     fn adam(&self) -> AdamConfig {
         AdamConfig {
             eps: self.eps,
@@ -301,32 +317,22 @@ pub fn run_finetune_cmd(a: &FinetuneArgs) -> anyhow::Result<()> {
         .mask_ratio
         .unwrap_or(if objectives.needs_mask() { 0.4 } else { 0.0 });
     let c = &a.common;
+    let base = TrainConfig::finetune_recipe();
     let config = TrainConfig {
         objectives,
-        epochs: c.epochs.unwrap_or(10),
-        lr: c.lr.unwrap_or(1e-4),
-        batch_size: c.batch_size.max(1),
         mask_ratio,
-        seed: c.seed,
-        adam: c.adam(),
-        schedule: c.schedule(ScheduleSpec::Step { gamma: 0.9 })?,
         freeze: Freeze {
             embeddings: a.freeze_embeddings,
             layers: a.freeze_layers,
         },
-        patience: c.patience,
-        checkpoint_every: c.checkpoint_every,
         tokens: TokenSettings {
             include_zero_genes: a.include_zero_genes,
-            max_len: c.max_len.unwrap_or(3001).max(2),
-            cls_value: 0.0,
-            n_bins: 51,
-            pad_value: -2.0,
-            mask_value: -1.0,
+            max_len: c.max_len.unwrap_or(base.tokens.max_len).max(2),
+            ..base.tokens.clone()
         },
         use_batch_labels: a.batch_tokens,
         by_batch: a.dsbn,
-        generative: None,
+        ..c.apply(base)?
     };
     let req = FinetuneRequest {
         reference: a.reference.clone(),
@@ -405,35 +411,18 @@ pub fn run_finetune_cmd(a: &FinetuneArgs) -> anyhow::Result<()> {
 
 pub fn run_pretrain_cmd(a: &PretrainArgs) -> anyhow::Result<()> {
     let c = &a.common;
+    let base = TrainConfig::pretrain_recipe();
     let config = TrainConfig {
-        objectives: Objectives::default(),
-        epochs: c.epochs.unwrap_or(6),
-        lr: c.lr.unwrap_or(1e-4),
-        batch_size: c.batch_size.max(1),
-        mask_ratio: 0.0,
-        seed: c.seed,
-        adam: c.adam(),
-        schedule: c.schedule(ScheduleSpec::Cosine {
-            warmup_fraction: 0.1,
-        })?,
-        freeze: Freeze::default(),
-        patience: c.patience,
-        checkpoint_every: c.checkpoint_every,
         tokens: TokenSettings {
-            include_zero_genes: false,
-            max_len: c.max_len.unwrap_or(1200).max(3),
-            cls_value: -2.0,
-            n_bins: 51,
-            pad_value: -2.0,
-            mask_value: -1.0,
+            max_len: c.max_len.unwrap_or(base.tokens.max_len).max(3),
+            ..base.tokens.clone()
         },
-        use_batch_labels: false,
-        by_batch: false,
         generative: Some(GenerativeSettings {
             mvc: !a.no_mvc,
             cell_prompt_after: Some(a.cell_prompt_after),
             ..GenerativeSettings::default()
         }),
+        ..c.apply(base)?
     };
     let req = PretrainRequest {
         corpus: a.corpus.clone(),

@@ -397,6 +397,57 @@ pub struct TrainConfig {
 /// A minibatch's losses and its class labels (for accuracy).
 type LabelledLosses<B> = (Losses<B>, Option<Vec<u32>>);
 
+impl TrainConfig {
+    /// scGPT's fine-tuning recipe (annotation tutorial): CLS, 10 epochs, Adam 1e-4 (eps
+    /// 1e-8 in fp32), clip 1.0, StepLR 0.9 per epoch, batch 32, no masking, expressed genes
+    /// with `<cls>` valued 0, up to 3,001 tokens.
+    pub fn finetune_recipe() -> Self {
+        Self {
+            objectives: Objectives::default(),
+            epochs: 10,
+            lr: 1e-4,
+            batch_size: 32,
+            mask_ratio: 0.0,
+            seed: 0,
+            adam: AdamConfig::default(),
+            schedule: ScheduleSpec::Step { gamma: 0.9 },
+            freeze: Freeze::default(),
+            patience: None,
+            checkpoint_every: None,
+            tokens: TokenSettings {
+                include_zero_genes: false,
+                max_len: 3001,
+                cls_value: 0.0,
+                n_bins: 51,
+                pad_value: -2.0,
+                mask_value: -1.0,
+            },
+            use_batch_labels: false,
+            by_batch: false,
+            generative: None,
+        }
+    }
+
+    /// scGPT's generative pretraining: 6 epochs, Adam 1e-4, cosine with 10 % warm-up,
+    /// expressed genes with `<cls>` valued as padding, up to 1,200 tokens.
+    pub fn pretrain_recipe() -> Self {
+        let ft = Self::finetune_recipe();
+        Self {
+            epochs: 6,
+            schedule: ScheduleSpec::Cosine {
+                warmup_fraction: 0.1,
+            },
+            tokens: TokenSettings {
+                max_len: 1200,
+                cls_value: ft.tokens.pad_value,
+                ..ft.tokens.clone()
+            },
+            generative: Some(pretrain::GenerativeSettings::default()),
+            ..ft
+        }
+    }
+}
+
 /// One minibatch's losses (and its class labels, for accuracy), built from the cells `idx`
 /// with masking / gene splits drawn from `rng`. `None` when the cells are too short for
 /// the generative split.
