@@ -23,7 +23,7 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import anndata, scanpy, cmake" >/dev/null 2>&1; then
+if ! .venv/bin/python -c "import anndata, scanpy, cmake, leidenalg, umap" >/dev/null 2>&1; then
   .venv/bin/pip install -q -r scripts/interop/requirements.txt
 fi
 export CMAKE="$root/.venv/bin/cmake"

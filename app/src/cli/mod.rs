@@ -1,8 +1,10 @@
 //! The command-line interface: one subcommand per engine capability.
 
+mod analyze;
 mod annotate;
 mod convert;
 mod embed;
+mod genes;
 mod inspect;
 mod preprocess;
 mod train;
@@ -44,6 +46,21 @@ pub enum Command {
     Annotate(annotate::AnnotateArgs),
     /// Zero-shot reference mapping: kNN majority vote on cell embeddings.
     Map(annotate::MapArgs),
+    /// kNN graph with UMAP connectivities (scanpy's sc.pp.neighbors) on an embedding.
+    Neighbors(analyze::NeighborsArgs),
+    /// Leiden clusters of the neighbors graph into obs["leiden"].
+    Leiden(analyze::LeidenArgs),
+    /// UMAP layout of the neighbors graph into obsm["X_umap"].
+    Umap(analyze::UmapArgs),
+    /// PCA of the expression (exact or randomised SVD) into obsm["X_pca"].
+    Pca(analyze::PcaArgs),
+    /// Differential expression of groups (Wilcoxon or t-test, as scanpy's
+    /// rank_genes_groups).
+    RankGenes(analyze::RankGenesArgs),
+    /// Gene programs and networks from a model's gene embeddings (and attention).
+    GenePrograms(genes::GeneProgramsArgs),
+    /// Generate expression from a gene or cell prompt, most confident genes first.
+    Generate(genes::GenerateArgs),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -56,5 +73,12 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::Pretrain(a) => train::run_pretrain_cmd(&a),
         Command::Annotate(a) => annotate::run_annotate_cmd(&a),
         Command::Map(a) => annotate::run_map_cmd(&a),
+        Command::Neighbors(a) => analyze::run_neighbors(&a),
+        Command::Leiden(a) => analyze::run_leiden(&a),
+        Command::Pca(a) => analyze::run_pca(&a),
+        Command::Umap(a) => analyze::run_umap(&a),
+        Command::RankGenes(a) => analyze::run_rank_genes(&a),
+        Command::GenePrograms(a) => genes::run_gene_programs_cmd(&a),
+        Command::Generate(a) => genes::run_generate_cmd(&a),
     }
 }

@@ -12,14 +12,26 @@
 //! - [`metrics`]: accuracy, per-class/macro precision, recall and F1, confusion matrix, NMI,
 //!   ARI, silhouette (score and per sample).
 //! - [`knn`]: exact k nearest neighbours (euclidean, cosine) and scanpy's UMAP connectivities.
+//! - [`nndescent`]: approximate kNN (NN-descent, RP-tree init) and scanpy's exact/approximate switch.
+//! - [`umap`]: UMAP layout (umap-learn's simplicial_set_embedding), find_ab_params, trustworthiness.
 //! - [`leiden`]: Leiden clustering with the RB-configuration (modularity) quality.
 //! - [`integration`]: scib/scGPT batch-integration metrics (NMI, ARI, ASW, graph connectivity,
 //!   AvgBIO, AvgBATCH).
+//! - [`expr`]: the dense-or-sparse cells x genes expression input ([`expr::Expr`]) of:
+//! - [`pca`]: PCA / truncated SVD as `sc.pp.pca` (randomised or exact solver).
+//! - [`de`]: differential expression as `sc.tl.rank_genes_groups` (Wilcoxon, t-tests).
+//! - [`score`]: gene-set scores as `sc.tl.score_genes`.
 
+pub mod de;
+pub mod expr;
 pub mod integration;
 pub mod knn;
 pub mod leiden;
 pub mod metrics;
+pub mod nndescent;
+pub mod pca;
+pub mod score;
+pub mod umap;
 
 /// Errors of the analysis functions.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

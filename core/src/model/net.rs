@@ -663,6 +663,29 @@ impl<B: Backend> ScGpt<B> {
         (coeff * values.clone() + bias, zero)
     }
 
+    /// Raw attention scores `q·kᵀ` (no scaling, no softmax) of layer `layer`, `[B, H, L, L]`,
+    /// with the input that layer sees in a normal forward pass (scGPT's attention-GRN
+    /// tutorial). Padding is not masked: pass unpadded batches.
+    pub fn raw_attention_scores(
+        &self,
+        batch: &TokenBatch<B>,
+        layer: usize,
+    ) -> Result<Tensor<B, 4>, ForwardError> {
+        let target = self
+            .layers
+            .get(layer)
+            .ok_or(ForwardError::MissingHead("the requested transformer layer"))?;
+        let (mut x, _, _) = self.embed(batch)?;
+        for l in &self.layers[..layer] {
+            x = l.forward(x, batch.padding.as_ref());
+        }
+        if target.pre_norm {
+            x = target.norm1.forward(x);
+        }
+        let qkv = target.self_attn.qkv(x);
+        Ok(qkv.q.matmul(qkv.k.swap_dims(2, 3)))
+    }
+
     /// Cell embeddings only (the fast path for `embed`): `[B, d]`.
     pub fn embed_cells(&self, batch: &TokenBatch<B>) -> Result<Tensor<B, 2>, ForwardError> {
         let h = self.encode(batch)?;

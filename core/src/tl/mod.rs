@@ -1,5 +1,8 @@
 //! Tools built on the model.
 
+pub mod analyze;
 pub mod annotate;
 pub mod embed;
 pub mod embed_job;
+pub mod generate;
+pub mod genes;
