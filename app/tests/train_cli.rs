@@ -164,6 +164,147 @@ fn pretrain_finetune_annotate_map_on_real_data() {
         ],
     );
     assert!(check.status.success(), "{}", text(&check));
+    // Gene programs, similarity and attention from the pretrained model's gene embeddings.
+    let gp = dir.path().join("programs.h5ad");
+    let o = cellforge(&[
+        "gene-programs",
+        s(&data),
+        "--model",
+        s(&pre),
+        "--output",
+        s(&gp),
+        "--resolution",
+        "10",
+        "--similar-to",
+        "CD3E",
+        "--attention-layer",
+        "0",
+        "--attention-group",
+        "cell_type=B",
+        "--attention-cells",
+        "16",
+        "--genes",
+        "all",
+        "--device",
+        "cpu",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("most similar to CD3E"), "{t}");
+    let check = cellforge_e2e::run_script(
+        "check_genes.py",
+        &[
+            "programs".as_ref(),
+            gp.as_os_str(),
+            "5".as_ref(),
+            "CD3E".as_ref(),
+        ],
+    );
+    assert!(check.status.success(), "{}", text(&check));
+
+    // Generation from a gene prompt (the first 200 genes known) and from a cell prompt.
+    let prompt = dir.path().join("prompt.txt");
+    let genes = cellforge_e2e::run_script(
+        "check_genes.py",
+        &["print-genes".as_ref(), data.as_os_str(), "200".as_ref()],
+    );
+    assert!(genes.status.success(), "{}", text(&genes));
+    std::fs::write(&prompt, &genes.stdout).expect("write prompt");
+    let gen_out = dir.path().join("generated.h5ad");
+    let o = cellforge(&[
+        "generate",
+        s(&data),
+        "--model",
+        s(&pre),
+        "--output",
+        s(&gen_out),
+        "--layer",
+        "counts",
+        "--prompt-genes",
+        s(&prompt),
+        "--rounds",
+        "4",
+        "--device",
+        "cpu",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("confidence heads"), "{t}");
+    let check = cellforge_e2e::run_script(
+        "check_genes.py",
+        &[
+            "generate".as_ref(),
+            gen_out.as_os_str(),
+            data.as_os_str(),
+            "counts".as_ref(),
+            prompt.as_os_str(),
+            "51".as_ref(),
+        ],
+    );
+    assert!(check.status.success(), "{}", text(&check));
+    let emb = dir.path().join("embedded.h5ad");
+    let o = cellforge(&[
+        "embed",
+        s(&data),
+        "--model",
+        s(&pre),
+        "--output",
+        s(&emb),
+        "--max-length",
+        "48",
+        "--device",
+        "cpu",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cellforge(&[
+        "generate",
+        s(&emb),
+        "--model",
+        s(&pre),
+        "--output",
+        s(&gen_out),
+        "--layer",
+        "counts",
+        "--cell-prompt",
+        "X_scGPT",
+        "--rounds",
+        "2",
+        "--confidence",
+        "dropout:2",
+        "--device",
+        "cpu",
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("confidence dropout:2"), "{t}");
+    let check = cellforge_e2e::run_script(
+        "check_genes.py",
+        &[
+            "generate".as_ref(),
+            gen_out.as_os_str(),
+            data.as_os_str(),
+            "counts".as_ref(),
+            "-".as_ref(),
+            "51".as_ref(),
+        ],
+    );
+    assert!(check.status.success(), "{}", text(&check));
+    let o = cellforge(&[
+        "generate",
+        s(&data),
+        "--model",
+        s(&pre),
+        "--output",
+        s(&gen_out),
+        "--cell-prompt",
+        "X_nope",
+    ]);
+    assert!(
+        !o.status.success() && text(&o).contains("obsm has no \"X_nope\""),
+        "{}",
+        text(&o)
+    );
+
     assert_eq!(
         std::fs::read(&data).expect("read"),
         before,

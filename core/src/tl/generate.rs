@@ -79,15 +79,18 @@ impl std::fmt::Display for Confidence {
 pub fn default_confidence<B: Backend>(model: &ScGpt<B>) -> Confidence {
     if model.mvc_decoder.is_some() {
         Confidence::Heads
-    } else if model
-        .decoder
-        .as_ref()
-        .is_some_and(|d| d.zero_logit.is_some())
-    {
+    } else if has_zero_prob(model) {
         Confidence::ZeroProb
     } else {
         Confidence::Dropout { samples: 8 }
     }
+}
+
+fn has_zero_prob<B: Backend>(model: &ScGpt<B>) -> bool {
+    model
+        .decoder
+        .as_ref()
+        .is_some_and(|d| d.zero_logit.is_some())
 }
 
 /// One cell to generate.
@@ -152,12 +155,7 @@ pub fn generate<B: Backend>(
                     .into(),
             ));
         }
-        Confidence::ZeroProb
-            if !model
-                .decoder
-                .as_ref()
-                .is_some_and(|d| d.zero_logit.is_some()) =>
-        {
+        Confidence::ZeroProb if !has_zero_prob(model) => {
             return Err(ToolError::Input(
                 "confidence \"zero-prob\" needs explicit zero-probability heads, which this \
                  model lacks"
