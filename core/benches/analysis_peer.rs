@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use cellforge_core::analysis::de::{DeMethod, DeOptions, DeTargets, rank_genes_groups};
 use cellforge_core::analysis::expr::Expr;
-use cellforge_core::analysis::knn::{Metric, knn, umap_connectivities};
+use cellforge_core::analysis::knn::{Metric, umap_connectivities};
 use cellforge_core::analysis::leiden::{LeidenOptions, leiden, modularity};
 use cellforge_core::analysis::metrics::adjusted_rand_index;
 use cellforge_core::analysis::nndescent::neighbors_auto;
@@ -34,17 +34,7 @@ use cellforge_core::analysis::pca::{PcaOptions, PcaSolver, pca};
 use cellforge_core::analysis::umap::{UmapOptions, trustworthiness, umap};
 use cellforge_core::analysis::{CsrMatrix, DenseMatrix};
 use cellforge_core::tokenize::Rng;
-use common::{peak_rss_kib, repo};
-
-fn python() -> PathBuf {
-    std::env::var_os("CELLFORGE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"))
-}
-
-fn skip(what: &str) -> bool {
-    std::env::var("BENCH_SKIP").is_ok_and(|s| s.split(',').any(|x| x.trim() == what))
-}
+use common::{peak_rss_kib, python, repo, skip};
 
 /// Runs a bench script and parses the JSON on its last stdout line.
 fn script(name: &str, args: &[&str]) -> serde_json::Value {
@@ -103,7 +93,6 @@ fn umap_section(dir: &Path) {
     let (n, d, k) = (50_000usize, 512usize, 15usize);
     let x: Vec<f32> = read_le(&data, f32::from_le_bytes);
     let m = DenseMatrix::new(&x, n, d).expect("matrix");
-    let rss0 = peak_rss_kib();
     let t = Instant::now();
     let nn = neighbors_auto(&m, k, Metric::Euclidean, 0).expect("knn");
     let graph = umap_connectivities(&nn).expect("connectivities");
@@ -111,7 +100,7 @@ fn umap_section(dir: &Path) {
     let t = Instant::now();
     let layout = umap(&graph, Some(&m), &UmapOptions::default()).expect("umap");
     let umap_s = t.elapsed().as_secs_f64();
-    let rss = peak_rss_kib().saturating_sub(rss0) as f64 / 1024.0;
+    let rss = peak_rss_kib() as f64 / 1024.0;
     // recall on 2,000 random queries against brute force
     let mut rng = Rng::new(1);
     let mut q: Vec<usize> = (0..n).collect();
@@ -389,5 +378,4 @@ fn main() {
     if !skip("pca_de") {
         pca_de_section(&dir);
     }
-    let _ = knn; // exact search is what neighbors_auto uses below 8,192 points
 }

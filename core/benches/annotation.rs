@@ -47,23 +47,7 @@ use cellforge_core::train::pretrain::{
     GenerativeSettings, ModelSize, PretrainRequest, run_pretrain,
 };
 use cellforge_core::train::{Objectives, ScheduleSpec, TrainConfig, TrainEvent};
-use common::{env_usize, repo};
-
-fn shared() -> PathBuf {
-    std::env::var_os("CELLFORGE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/data"))
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("CELLFORGE_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv/bin/python"))
-}
-
-fn skip(what: &str) -> bool {
-    std::env::var("BENCH_SKIP").is_ok_and(|s| s.split(',').any(|x| x.trim() == what))
-}
+use common::{env_usize, python, repo, shared, skip};
 
 /// Prints a line per epoch (validation) and a step line every 20 s.
 fn printer(tag: &str) -> impl FnMut(TrainEvent) -> ControlFlow<()> + '_ {

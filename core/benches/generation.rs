@@ -37,13 +37,7 @@ use cellforge_core::train::pretrain::{
     GenerativeSettings, ModelSize, PretrainRequest, run_pretrain,
 };
 use cellforge_core::train::{ScheduleSpec, TrainConfig};
-use common::{env_usize, repo};
-
-fn shared() -> PathBuf {
-    std::env::var_os("CELLFORGE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/data"))
-}
+use common::{env_usize, repo, shared};
 
 fn pretrain_model(dir: &Path, sym: &Path) -> PathBuf {
     let corpus = dir.join("corpus");

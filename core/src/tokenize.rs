@@ -15,12 +15,27 @@ pub struct Rng {
     s: [u64; 4],
 }
 
-fn splitmix(state: &mut u64) -> u64 {
+/// One SplitMix64 step: advances `state` and returns a well-mixed 64-bit value.
+#[inline(always)]
+pub(crate) fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The SplitMix64 finaliser of `z` (a stateless hash: `splitmix` of a copy).
+#[inline(always)]
+pub(crate) fn mix(z: u64) -> u64 {
+    let mut s = z;
+    splitmix(&mut s)
+}
+
+/// A uniform integer in `0..m` from the high bits of a hash (`m >= 1`).
+#[inline(always)]
+pub(crate) fn hash_below(h: u64, m: usize) -> usize {
+    (((h >> 32) * m as u64) >> 32) as usize
 }
 
 impl Rng {

@@ -8,6 +8,25 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The shared datasets: `CELLFORGE_SHARED_DATA`, else `<repo>/../shared/data`.
+pub fn shared() -> PathBuf {
+    std::env::var_os("CELLFORGE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data"))
+}
+
+/// The Python the peers run in: `CELLFORGE_PYTHON`, else `<repo>/.venv/bin/python`.
+pub fn python() -> PathBuf {
+    std::env::var_os("CELLFORGE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"))
+}
+
+/// Whether `BENCH_SKIP` (a comma list) names `what`.
+pub fn skip(what: &str) -> bool {
+    std::env::var("BENCH_SKIP").is_ok_and(|s| s.split(',').any(|x| x.trim() == what))
+}
+
 /// A whole-number environment variable, or `default` when unset.
 pub fn env_usize(name: &str, default: usize) -> usize {
     match std::env::var(name) {

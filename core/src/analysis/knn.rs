@@ -604,8 +604,9 @@ struct Block<'a> {
     packed: &'a [f64],
 }
 
+/// The SIMD instruction set the distance kernels use.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Isa {
+pub(crate) enum Isa {
     Generic,
     #[cfg(target_arch = "x86_64")]
     Avx2,
@@ -613,7 +614,7 @@ enum Isa {
     Avx512,
 }
 
-fn detect_isa() -> Isa {
+pub(crate) fn detect_isa() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

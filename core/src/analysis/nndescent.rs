@@ -41,8 +41,9 @@
 
 use rayon::prelude::*;
 
-use super::knn::{Knn, Metric, exact_distance, knn};
+use super::knn::{Isa, Knn, Metric, detect_isa, exact_distance, knn};
 use super::{AnalysisError, DenseMatrix, Result};
+use crate::tokenize::{hash_below as below, mix};
 
 /// scanpy uses exact (brute-force) neighbours below this many points with the euclidean
 /// metric.
@@ -350,29 +351,6 @@ impl Data<'_> {
     fn dist(&self, i: u32, j: u32) -> f32 {
         self.kernel.dist(self.row(i as usize), self.row(j as usize))
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Isa {
-    Generic,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-}
-
-fn detect_isa() -> Isa {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            return Isa::Avx2;
-        }
-    }
-    Isa::Generic
 }
 
 /// `f32` distance kernel: squared euclidean, or `1 - dot` on unit rows (cosine).
@@ -749,24 +727,9 @@ fn avx512_reduce<const DOT: bool>(a: &[f32], b: &[f32]) -> f32 {
 
 // ---- hashing ------------------------------------------------------------------------------
 
-/// SplitMix64 finaliser: a well-mixed 64-bit hash.
-#[inline(always)]
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 #[inline(always)]
 fn hash2(salt: u64, a: u64, b: u64) -> u64 {
     mix(salt ^ mix(a.wrapping_mul(0x1_0000_0001) ^ b.rotate_left(29)))
-}
-
-/// Uniform integer in `0..m` from a hash (`m >= 1`).
-#[inline(always)]
-fn below(h: u64, m: usize) -> usize {
-    (((h >> 32) * m as u64) >> 32) as usize
 }
 
 // ---- random-projection trees ----------------------------------------------------------------

@@ -50,6 +50,7 @@ use rayon::prelude::*;
 
 use super::knn::{Metric, knn, scan_pairs};
 use super::{AnalysisError, CsrMatrix, DenseMatrix, Result};
+use crate::tokenize::{hash_below as below, mix, splitmix as next_u64};
 
 /// How the layout is initialised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -696,29 +697,6 @@ fn rdist(x: &[f32], y: &[f32]) -> f64 {
 }
 
 // ---- random numbers -------------------------------------------------------------------------
-
-#[inline(always)]
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// SplitMix64 step.
-#[inline(always)]
-fn next_u64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-#[inline(always)]
-fn below(h: u64, m: usize) -> usize {
-    (((h >> 32) * m as u64) >> 32) as usize
-}
 
 /// Seeded SplitMix64 generator with uniform and normal variates.
 struct Rng(u64);

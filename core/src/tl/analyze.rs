@@ -347,30 +347,39 @@ pub fn graph_from_element(e: &Element, what: &str) -> Result<CsrMatrix<f32>> {
     };
     s.check_structure()
         .map_err(|m| input(format!("{what} is a malformed sparse matrix: {m}")))?;
-    let s = s.to_format(SparseFormat::Csr);
-    let n = s.shape[0];
-    let values = s.data.to_f32_vec();
+    let g = canonical_csr(&s)?;
+    if let Some(i) = g.data.iter().position(|v| !v.is_finite()) {
+        let row = g.indptr.partition_point(|&p| p <= i).saturating_sub(1);
+        return Err(input(format!(
+            "{what} has a non-finite weight at row {row}"
+        )));
+    }
+    Ok(g)
+}
+
+/// A structurally checked sparse matrix as [`CsrMatrix`] `f32`: CSC converted, each row's
+/// columns sorted, duplicate entries summed (as scipy does).
+pub fn canonical_csr(s: &SparseMatrix) -> Result<CsrMatrix<f32>> {
+    let csr = s.to_format(SparseFormat::Csr);
+    let [n, d] = csr.shape;
+    let values = csr.data.to_f32_vec();
     let mut indptr = Vec::with_capacity(n + 1);
-    let mut indices = Vec::with_capacity(s.indices.len());
+    let mut indices = Vec::with_capacity(csr.indices.len());
     let mut data = Vec::with_capacity(values.len());
     indptr.push(0usize);
     let mut row: Vec<(u32, f32)> = Vec::new();
     for i in 0..n {
-        let (a, b) = (s.indptr[i] as usize, s.indptr[i + 1] as usize);
+        let (a, b) = (csr.indptr[i] as usize, csr.indptr[i + 1] as usize);
         row.clear();
         row.extend(
-            s.indices[a..b]
+            csr.indices[a..b]
                 .iter()
                 .copied()
                 .zip(values[a..b].iter().copied()),
         );
         row.sort_unstable_by_key(|e| e.0);
         for (t, &(j, v)) in row.iter().enumerate() {
-            if !v.is_finite() {
-                return Err(input(format!("{what} has a non-finite weight at row {i}")));
-            }
             if t > 0 && row[t - 1].0 == j {
-                // duplicate entries sum, as scipy does
                 if let Some(last) = data.last_mut() {
                     *last += v;
                 }
@@ -381,7 +390,7 @@ pub fn graph_from_element(e: &Element, what: &str) -> Result<CsrMatrix<f32>> {
         }
         indptr.push(indices.len());
     }
-    Ok(CsrMatrix::new(n, s.shape[1], indptr, indices, data)?)
+    Ok(CsrMatrix::new(n, d, indptr, indices, data)?)
 }
 
 /// `sc.pp.neighbors`: the kNN graph, scanpy's `distances` and UMAP `connectivities`.
@@ -600,22 +609,34 @@ pub fn process_file<T>(
     output: &Path,
     steps: impl FnOnce(&mut AnnData) -> Result<T>,
 ) -> Result<T> {
+    let mut adata = read_input(input_path, output)?;
+    let out = steps(&mut adata)?;
+    write_output(&adata, output)?;
+    Ok(out)
+}
+
+/// Reads `input_path` for a step that will write `output`, refusing an output that names
+/// the input.
+pub fn read_input(input_path: &Path, output: &Path) -> Result<AnnData> {
     if crate::io::same_file(input_path, output) {
         return Err(input(format!(
             "the output {} is the input file; cellforge never overwrites its input",
             output.display()
         )));
     }
-    let (mut adata, _) = read_h5ad_with_warnings(input_path).map_err(|source| ToolError::Read {
+    let (adata, _) = read_h5ad_with_warnings(input_path).map_err(|source| ToolError::Read {
         path: input_path.display().to_string(),
         source,
     })?;
-    let out = steps(&mut adata)?;
-    write_h5ad(&adata, output, &WriteOptions::default()).map_err(|source| ToolError::Write {
+    Ok(adata)
+}
+
+/// Writes a step's result atomically (temporary file, then rename).
+pub fn write_output(adata: &AnnData, output: &Path) -> Result<()> {
+    write_h5ad(adata, output, &WriteOptions::default()).map_err(|source| ToolError::Write {
         path: output.display().to_string(),
         source,
-    })?;
-    Ok(out)
+    })
 }
 
 /// An expression matrix taken from the AnnData, sparse (CSR) or dense, `f32`.
@@ -743,37 +764,7 @@ pub fn expression(adata: &AnnData, layer: Option<&str>) -> Result<(OwnedExpr, Ve
         Element::Sparse(s) => {
             s.check_structure()
                 .map_err(|m| input(format!("{what} is a malformed sparse matrix: {m}")))?;
-            let csr = s.to_format(SparseFormat::Csr);
-            let [n, d] = csr.shape;
-            let values = csr.data.to_f32_vec();
-            let mut indptr = Vec::with_capacity(n + 1);
-            let mut indices = Vec::with_capacity(csr.indices.len());
-            let mut data = Vec::with_capacity(values.len());
-            indptr.push(0usize);
-            let mut row: Vec<(u32, f32)> = Vec::new();
-            for i in 0..n {
-                let (a, b) = (csr.indptr[i] as usize, csr.indptr[i + 1] as usize);
-                row.clear();
-                row.extend(
-                    csr.indices[a..b]
-                        .iter()
-                        .copied()
-                        .zip(values[a..b].iter().copied()),
-                );
-                row.sort_unstable_by_key(|e| e.0);
-                for (t, &(j, v)) in row.iter().enumerate() {
-                    if t > 0 && row[t - 1].0 == j {
-                        if let Some(last) = data.last_mut() {
-                            *last += v;
-                        }
-                        continue;
-                    }
-                    indices.push(j);
-                    data.push(v);
-                }
-                indptr.push(indices.len());
-            }
-            OwnedExpr::Sparse(CsrMatrix::new(n, d, indptr, indices, data)?)
+            OwnedExpr::Sparse(canonical_csr(s)?)
         }
         other => {
             let (data, n_rows, n_cols) = element_to_dense(other, &what)?;

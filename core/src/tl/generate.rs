@@ -495,12 +495,6 @@ pub fn run_generate(
     use crate::train::data::{CellQuery, TokenSettings};
 
     let start = std::time::Instant::now();
-    if crate::io::same_file(&req.input, &req.output) {
-        return Err(ToolError::Input(format!(
-            "the output {} is the input file; cellforge never overwrites its input",
-            req.output.display()
-        )));
-    }
     let files = ModelFiles::open(&req.model_dir)?;
     let cfg = &files.config;
     let tokens = TokenSettings {
@@ -511,11 +505,7 @@ pub fn run_generate(
         pad_value: cfg.pad_value,
         mask_value: cfg.mask_value,
     };
-    let (mut adata, _) =
-        crate::io::read_h5ad_with_warnings(&req.input).map_err(|source| ToolError::Read {
-            path: req.input.display().to_string(),
-            source,
-        })?;
+    let mut adata = super::analyze::read_input(&req.input, &req.output)?;
     let set = CellQuery {
         path: &req.input,
         layer: req.layer.as_deref(),
@@ -736,12 +726,7 @@ pub fn run_generate(
     );
     prov.insert("device".into(), Element::String(choice.to_string()));
     adata.record_provenance(&format!("generate_{}", req.key_added), prov);
-    crate::io::write_h5ad(&adata, &req.output, &crate::io::WriteOptions::default()).map_err(
-        |source| ToolError::Write {
-            path: req.output.display().to_string(),
-            source,
-        },
-    )?;
+    super::analyze::write_output(&adata, &req.output)?;
     Ok(GenerateSummary {
         device: choice.to_string(),
         confidence,

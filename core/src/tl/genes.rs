@@ -527,18 +527,8 @@ pub fn run_gene_programs(
     use crate::model::ModelFiles;
 
     let start = std::time::Instant::now();
-    if crate::io::same_file(&req.input, &req.output) {
-        return Err(ToolError::Input(format!(
-            "the output {} is the input file; cellforge never overwrites its input",
-            req.output.display()
-        )));
-    }
     let files = ModelFiles::open(&req.model_dir)?;
-    let (mut adata, _) =
-        crate::io::read_h5ad_with_warnings(&req.input).map_err(|source| ToolError::Read {
-            path: req.input.display().to_string(),
-            source,
-        })?;
+    let mut adata = super::analyze::read_input(&req.input, &req.output)?;
     let names =
         super::embed_job::gene_names(&adata.var, &req.gene_col).map_err(ToolError::Input)?;
     let mask = match req.gene_mask.as_deref() {
@@ -856,12 +846,7 @@ pub fn run_gene_programs(
     );
     prov.insert("device".into(), Element::String(choice.to_string()));
     adata.record_provenance("gene_programs", prov);
-    crate::io::write_h5ad(&adata, &req.output, &crate::io::WriteOptions::default()).map_err(
-        |source| ToolError::Write {
-            path: req.output.display().to_string(),
-            source,
-        },
-    )?;
+    super::analyze::write_output(&adata, &req.output)?;
     Ok(GeneProgramsSummary {
         n_genes: v.len(),
         n_clusters: progs.n_clusters,
