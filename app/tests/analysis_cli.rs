@@ -77,6 +77,32 @@ fn pca_neighbors_leiden_umap_rank_genes_match_scanpy() {
         "{t}"
     );
 
+    // pbmc68k: DE on raw (log-normalised) by bulk_labels, whose names include a "/"
+    let pbmc = shared_data().join("pbmc68k_reduced.h5ad");
+    let t = ok(&[
+        "rank-genes",
+        s(&pbmc),
+        "-o",
+        s(&p("de68k.h5ad")),
+        "--groupby",
+        "bulk_labels",
+        "--method",
+        "t-test",
+    ]);
+    assert!(t.contains("on raw"), "{t}");
+    let check = format!("de={}", s(&p("de68k.h5ad")));
+    let o = run_script(
+        "check_analysis.py",
+        &[
+            "--input".as_ref(),
+            pbmc.as_os_str(),
+            std::ffi::OsStr::new(check.as_str()),
+        ],
+    );
+    let t = text(&o);
+    println!("{t}");
+    assert!(o.status.success() && t.contains("ok de: 10 groups"), "{t}");
+
     // bad requests: clear messages, nothing written
     fails(
         &[

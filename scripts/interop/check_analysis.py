@@ -2,7 +2,8 @@
 """Check files written by cellforge's analysis commands against scanpy / scikit-learn run on the
 same input, reading them with anndata (the way a user would).
 
-Usage: check_analysis.py CHECK=FILE [CHECK=FILE ...] with the input given by ``--input``:
+Usage: check_analysis.py CHECK=FILE [CHECK=FILE ...] with the input given by ``--input``
+(one input per run):
 
 - ``pca=OUT``: ``uns["pca"]["variance_ratio"]`` / ``variance`` equal scikit-learn's
   ``PCA(svd_solver="full")`` on the same genes within 1e-4 (relative), ``obsm["X_pca"]`` equals
@@ -135,7 +136,8 @@ def check_de(out, src):
     worst = 20
     for g in groups:
         df = sc.get.rank_genes_groups_df(out, group=g)
-        rf = sc.get.rank_genes_groups_df(ref, group=g, key="ref")
+        # HDF5 keys cannot hold "/": cellforge stores it as U+2215
+        rf = sc.get.rank_genes_groups_df(ref, group=g.replace("\u2215", "/"), key="ref")
         overlap = len(set(df["names"][:20]) & set(rf["names"][:20]))
         worst = min(worst, overlap)
         if overlap < 18:

@@ -1063,10 +1063,20 @@ pub fn parse_de_method(s: &str) -> std::result::Result<crate::analysis::de::DeMe
     }
 }
 
+/// HDF5 names cannot hold `/` (scanpy keeps groups as rec-array fields, which can): a group
+/// name is stored with each `/` replaced by `∕` (U+2215, DIVISION SLASH), an empty one as `_`.
+pub fn storable_key(name: &str) -> String {
+    if name.is_empty() {
+        "_".into()
+    } else {
+        name.replace('/', "\u{2215}")
+    }
+}
+
 /// `sc.tl.rank_genes_groups`: per tested group, the `n_genes` best genes with scores, log
 /// fold changes, p-values and adjusted p-values in `uns[key_added]` (each field a mapping of
-/// group -> array, which `sc.get.rank_genes_groups_df` reads), plus `pts` / `pts_rest`
-/// dataframes when asked.
+/// group -> array, which `sc.get.rank_genes_groups_df` reads; see [`storable_key`] for group
+/// names with `/`), plus `pts` / `pts_rest` dataframes when asked.
 pub fn rank_genes_groups(adata: &mut AnnData, p: &DeParams) -> Result<DeSummary> {
     use crate::analysis::de::{DeOptions, DeTargets, NO_GROUP, rank_genes_groups as de};
     let start = Instant::now();
@@ -1145,7 +1155,7 @@ pub fn rank_genes_groups(adata: &mut AnnData, p: &DeParams) -> Result<DeSummary>
     let mut pts_cols = Vec::new();
     let mut pts_rest_cols = Vec::new();
     for r in &results {
-        let g = names[r.group as usize].clone();
+        let g = storable_key(&names[r.group as usize]);
         let ranked: Vec<String> = r.genes[..top_n]
             .iter()
             .map(|&i| genes[i as usize].clone())
