@@ -538,13 +538,15 @@ pub fn run_gene_programs(
         })?),
         None => super::analyze::bool_var_column(&adata, "highly_variable")?,
     };
-    // cells for the attention scores: their values over the chosen genes
+    // the expression matrix, read once: attention cells and program scores both use it
+    let (x, _) = super::analyze::expression(&adata, req.layer.as_deref())?;
     let choice = crate::device::choose(req.device).map_err(ToolError::Device)?;
     struct Job<'a> {
         files: &'a ModelFiles,
         names: &'a [String],
         mask: Option<&'a [bool]>,
         adata: &'a crate::anndata::AnnData,
+        x: &'a super::analyze::OwnedExpr,
         req: &'a GeneProgramsRequest,
         progress: &'a mut dyn FnMut(usize, usize) -> std::ops::ControlFlow<()>,
     }
@@ -557,7 +559,7 @@ pub fn run_gene_programs(
             let Some(a) = &self.req.attention else {
                 return Ok((v, None));
             };
-            let (x, _) = super::analyze::expression(self.adata, self.req.layer.as_deref())?;
+            let x = self.x;
             let n = self.adata.n_obs();
             let rows: Vec<usize> = match &a.group {
                 None => (0..n).collect(),
@@ -626,6 +628,7 @@ pub fn run_gene_programs(
             names: &names,
             mask: mask.as_deref(),
             adata: &adata,
+            x: &x,
             req,
             progress,
         },
@@ -648,7 +651,6 @@ pub fn run_gene_programs(
     let k = progs.programs.len();
     let mut scores = vec![0f32; n_obs * k];
     if k > 0 {
-        let (x, _) = super::analyze::expression(&adata, req.layer.as_deref())?;
         let view: Expr<'_> = x.view()?;
         for (pi, prog) in progs.programs.iter().enumerate() {
             let genes: Vec<u32> = prog.iter().map(|&g| v.var_index[g] as u32).collect();
