@@ -27,6 +27,8 @@ if ! .venv/bin/python -c "import anndata, scanpy, cmake, leidenalg, umap" >/dev/
   .venv/bin/pip install -q -r scripts/interop/requirements.txt
 fi
 export CMAKE="$root/.venv/bin/cmake"
+# A clean build gains nothing from incremental state, and it costs gigabytes of disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export CELLFORGE_PYTHON="$root/.venv/bin/python"
 
 cargo fmt --all -- --check

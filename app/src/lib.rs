@@ -2,4 +2,5 @@
 //! ([`cli`]) over the `cellforge-core` engine. `main.rs` only dispatches between the two.
 
 pub mod cli;
+pub mod figure;
 pub mod gui;

@@ -48,6 +48,7 @@ fn pca_neighbors_leiden_umap_rank_genes_match_scanpy() {
     let t = ok(&["leiden", s(&p("nn.h5ad")), "-o", s(&p("leiden.h5ad"))]);
     assert!(t.contains("clusters"), "{t}");
     ok(&["umap", s(&p("leiden.h5ad")), "-o", s(&p("umap.h5ad"))]);
+    plot_figures(&p("umap.h5ad"), dir.path());
     let t = ok(&[
         "rank-genes",
         s(&p("umap.h5ad")),
@@ -144,4 +145,103 @@ fn pca_neighbors_leiden_umap_rank_genes_match_scanpy() {
         before,
         "input modified"
     );
+}
+
+/// `plot` on the UMAP: a PNG by cluster (size and DPI as asked, one colour per cluster), an
+/// SVG by a gene (one circle per cell), and clear errors.
+fn plot_figures(umap: &Path, dir: &Path) {
+    let adata = cellforge_core::io::read_h5ad(umap).expect("read umap.h5ad");
+    let n = adata.n_obs();
+    let gene = adata.var.index[0].clone();
+    let n_clusters = match adata.obs.column("leiden") {
+        Some(cellforge_core::anndata::Element::Categorical(c)) => c.n_categories(),
+        other => panic!("leiden column: {other:?}"),
+    };
+    let png_path = dir.join("umap_leiden.png");
+    let t = ok(&[
+        "plot",
+        s(umap),
+        "-o",
+        s(&png_path),
+        "--color",
+        "leiden",
+        "--width",
+        "5",
+        "--height",
+        "4",
+        "--dpi",
+        "120",
+    ]);
+    assert!(t.contains(&format!("{n} cells")), "{t}");
+    let decoder = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).expect("open png"),
+    ));
+    let mut reader = decoder.read_info().expect("png header");
+    let info = reader.info().clone();
+    assert_eq!((info.width, info.height), (600, 480));
+    let dims = info.pixel_dims.expect("pHYs chunk");
+    assert_eq!(dims.xppu, (120.0f64 / 0.0254).round() as u32);
+    let mut buf = vec![0u8; reader.output_buffer_size().expect("size")];
+    let frame = reader.next_frame(&mut buf).expect("png data");
+    let px = frame.line_size / frame.width as usize;
+    let colours: std::collections::HashSet<&[u8]> = buf[..frame.buffer_size()]
+        .chunks_exact(px)
+        .filter(|c| {
+            // saturated pixels only: point centres, not anti-aliased edges or grey text
+            let (mx, mn) = (c[..3].iter().max(), c[..3].iter().min());
+            matches!((mx, mn), (Some(&a), Some(&b)) if a - b > 60)
+        })
+        .collect();
+    assert!(
+        colours.len() >= n_clusters,
+        "{} saturated colours for {n_clusters} clusters",
+        colours.len()
+    );
+
+    let svg_path = dir.join("umap_gene.svg");
+    ok(&[
+        "plot",
+        s(umap),
+        "-o",
+        s(&svg_path),
+        "--color",
+        &gene,
+        "--cmap",
+        "magma",
+    ]);
+    let svg = std::fs::read_to_string(&svg_path).expect("svg");
+    assert!(
+        svg.starts_with("<?xml") || svg.starts_with("<svg"),
+        "not an SVG"
+    );
+    assert_eq!(svg.matches("<circle").count(), n, "one circle per cell");
+    assert!(svg.contains(&gene), "the colorbar names the gene");
+
+    fails(
+        &[
+            "plot",
+            s(umap),
+            "-o",
+            s(&dir.join("x.png")),
+            "--color",
+            "no_such_thing",
+        ],
+        "is neither an obs column",
+    );
+    fails(
+        &[
+            "plot",
+            s(umap),
+            "-o",
+            s(&dir.join("x.png")),
+            "--basis",
+            "X_tsne",
+        ],
+        "obsm has no \"X_tsne\"",
+    );
+    fails(
+        &["plot", s(umap), "-o", s(&dir.join("x.pdf"))],
+        "must end in .png or .svg",
+    );
+    assert!(!dir.join("x.png").exists());
 }

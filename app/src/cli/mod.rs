@@ -6,6 +6,7 @@ mod convert;
 mod embed;
 mod genes;
 mod inspect;
+mod plot;
 mod preprocess;
 mod train;
 
@@ -61,6 +62,9 @@ pub enum Command {
     GenePrograms(genes::GeneProgramsArgs),
     /// Generate expression from a gene or cell prompt, most confident genes first.
     Generate(genes::GenerateArgs),
+    /// Figure of an embedding coloured by an obs column or a gene (PNG at a chosen DPI, or
+    /// SVG), with scanpy's palettes.
+    Plot(plot::PlotArgs),
 }
 
 pub fn run(cmd: Command) -> anyhow::Result<()> {
@@ -80,5 +84,6 @@ pub fn run(cmd: Command) -> anyhow::Result<()> {
         Command::RankGenes(a) => analyze::run_rank_genes(&a),
         Command::GenePrograms(a) => genes::run_gene_programs_cmd(&a),
         Command::Generate(a) => genes::run_generate_cmd(&a),
+        Command::Plot(a) => plot::run(&a),
     }
 }

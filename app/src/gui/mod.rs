@@ -4,6 +4,7 @@
 
 mod app;
 mod loader;
+pub mod selection;
 
 pub use app::CellforgeApp;
 

@@ -11,8 +11,9 @@
 //!   with the gradient `-2ab d^(2(b-1)) / (1 + a d^(2b)) (y_i - y_j)` and pushes `i` away from
 //!   `negative_sample_rate` random points per sample with
 //!   `2 γ b / ((0.001 + d²)(1 + a d^(2b))) (y_i - y_k)`; every gradient coordinate is clipped
-//!   to `[-4, 4]` (the negative samples of one positive sample are measured from the same
-//!   position and their steps summed, where umap-learn moves the point after each one);
+//!   to `[-4, 4]` (the attraction and the negative samples of one positive sample are all
+//!   measured from the point's position before it and their steps summed, where umap-learn
+//!   moves the point after each one);
 //!   the learning rate decays linearly, `α (1 - (e - 1) / n_epochs)` in epoch
 //!   `e >= 1` (umap's update after each epoch);
 //! - initialisation ([`UmapInit`]): **spectral** (default) = the eigenvectors of the normalised
@@ -39,7 +40,8 @@
 //! gives reproducible results, but not umap-learn's (numpy's Mersenne Twister) numbers. The
 //! optimisation is parallel and deterministic: points are cut into fixed blocks (independent
 //! of the thread count); within an epoch each block updates its own points in place, in
-//! umap's edge order, reading other blocks' points as they were at the start of the epoch,
+//! umap's edge order (two-dimensional layouts: the edges of the block's first and second
+//! half interleaved), reading other blocks' points as they were at the start of the epoch,
 //! and the moves of other blocks' points (umap's `move_other`) are added after the epoch in
 //! block order. The result is identical for any number of threads; it differs from a strictly
 //! sequential SGD only by this one-epoch staleness across blocks.
@@ -48,7 +50,7 @@
 
 use rayon::prelude::*;
 
-use super::knn::{Metric, knn, scan_pairs};
+use super::knn::{Isa, Metric, detect_isa, knn, scan_pairs};
 use super::{AnalysisError, CsrMatrix, DenseMatrix, Result};
 use crate::tokenize::{hash_below as below, mix, splitmix as next_u64};
 
@@ -131,8 +133,11 @@ const MAX_BLOCKS: usize = 64;
 /// Above this many connected components their centroids are placed at random instead of by
 /// a dense spectral embedding (`O(components³)`).
 const MAX_META_COMPONENTS: usize = 1000;
-/// Below this many points the eigenproblems are solved densely.
-const DENSE_EIG: usize = 300;
+/// Below this many points the eigenproblems are solved densely (Jacobi, `O(n³)` per sweep).
+const DENSE_EIG: usize = 64;
+/// Vectors shorter than this are handled by one thread in the eigensolver (a parallel loop
+/// costs more than it saves there; small components are solved in parallel instead).
+const PAR_MIN: usize = 16_384;
 
 // ---- a, b ---------------------------------------------------------------------------------
 
@@ -227,6 +232,16 @@ pub fn find_ab_params(spread: f64, min_dist: f64) -> (f64, f64) {
 /// `init_data` (`n` rows) is needed for [`UmapInit::Pca`] and places the components of a
 /// disconnected graph with the spectral init (random centroids without it).
 pub fn umap(
+    graph: &CsrMatrix<f32>,
+    init_data: Option<&DenseMatrix<'_>>,
+    opts: &UmapOptions,
+) -> Result<UmapResult> {
+    // Run on a pool thread: the eigensolvers and the SGD start thousands of small parallel
+    // loops, and each one started from outside the pool waits for a sleeping worker to wake.
+    rayon::join(|| umap_in_pool(graph, init_data, opts), || ()).0
+}
+
+fn umap_in_pool(
     graph: &CsrMatrix<f32>,
     init_data: Option<&DenseMatrix<'_>>,
     opts: &UmapOptions,
@@ -453,6 +468,22 @@ fn optimize(
     opts: &UmapOptions,
     seed: u64,
 ) {
+    let isa = detect_isa();
+    optimize_with(emb, graph, dim, n_epochs, a, b, opts, seed, isa);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn optimize_with(
+    emb: &mut [f32],
+    graph: &CsrMatrix<f32>,
+    dim: usize,
+    n_epochs: usize,
+    a: f64,
+    b: f64,
+    opts: &UmapOptions,
+    seed: u64,
+    isa: Isa,
+) {
     let n = graph.n_rows;
     let wmax = graph.data.iter().copied().fold(0.0f32, f32::max) as f64;
     // umap's make_epochs_per_sample
@@ -501,7 +532,13 @@ fn optimize(
         let deferred: Vec<(Vec<u32>, Vec<f32>)> = emb
             .par_chunks_mut(block_len * dim)
             .zip(blocks.par_iter_mut())
-            .map(|(local, blk)| ctx.epoch(blk, local, snap, epoch as f64, alpha))
+            .map(|(local, blk)| {
+                if dim == 2 {
+                    ctx.epoch2(blk, local, snap, epoch as f64, alpha, isa)
+                } else {
+                    ctx.epoch(blk, local, snap, epoch as f64, alpha)
+                }
+            })
             .collect();
         for (idx, delta) in &deferred {
             for (t, &k) in idx.iter().enumerate() {
@@ -637,6 +674,277 @@ impl Sgd<'_> {
         }
         (def_idx, def_val)
     }
+}
+
+/// Negative samples evaluated side by side in the two-dimensional kernel.
+const LANES: usize = 8;
+
+impl Sgd<'_> {
+    /// [`Sgd::epoch`] for two-dimensional layouts (the common case), in `f32` with the negative
+    /// samples of a positive sample evaluated [`LANES`] at a time, branch-free so that the
+    /// compiler turns them into SIMD. Same sampling schedule, same random numbers and the same
+    /// update rule; every target (SIMD or not) gives bit-identical results, as no sum is
+    /// reordered.
+    fn epoch2(
+        &self,
+        blk: &mut Block,
+        local: &mut [f32],
+        snap: &[f32],
+        epoch: f64,
+        alpha: f64,
+        isa: Isa,
+    ) -> (Vec<u32>, Vec<f32>) {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `detect_isa` found AVX2 and FMA (AVX-512 machines have both).
+            Isa::Avx2 | Isa::Avx512 => unsafe { self.epoch2_avx2(blk, local, snap, epoch, alpha) },
+            Isa::Generic => self.epoch2_impl(blk, local, snap, epoch, alpha),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn epoch2_avx2(
+        &self,
+        blk: &mut Block,
+        local: &mut [f32],
+        snap: &[f32],
+        epoch: f64,
+        alpha: f64,
+    ) -> (Vec<u32>, Vec<f32>) {
+        self.epoch2_impl(blk, local, snap, epoch, alpha)
+    }
+
+    #[inline(always)]
+    fn epoch2_impl(
+        &self,
+        blk: &mut Block,
+        local: &mut [f32],
+        snap: &[f32],
+        epoch: f64,
+        alpha: f64,
+    ) -> (Vec<u32>, Vec<f32>) {
+        let k = Kern2 {
+            a: self.a as f32,
+            b: self.b as f32,
+            two_ab: (2.0 * self.a * self.b) as f32,
+            two_gb: (2.0 * self.gamma * self.b) as f32,
+            alpha: alpha as f32,
+            epoch,
+            v0: blk.v0,
+            v1: blk.v1,
+            e_base: self.graph.indptr[blk.v0],
+        };
+        let mut out = (Vec::new(), Vec::new());
+        // Two vertices' edges interleaved (the first and the second half of the block): one
+        // edge's update is a long chain of dependent arithmetic, and the CPU overlaps two
+        // independent chains.
+        let half = blk.v0 + (blk.v1 - blk.v0).div_ceil(2);
+        let mut ca = Cursor::new(blk.v0, half, self.graph);
+        let mut cb = Cursor::new(half, blk.v1, self.graph);
+        loop {
+            let ea = ca.next(self.graph, blk, &k);
+            let eb = cb.next(self.graph, blk, &k);
+            if ea.is_none() && eb.is_none() {
+                break;
+            }
+            if let Some((j, e)) = ea {
+                self.edge2(&k, blk, local, snap, j, e, &mut out);
+            }
+            if let Some((j, e)) = eb {
+                self.edge2(&k, blk, local, snap, j, e, &mut out);
+            }
+        }
+        out
+    }
+
+    /// One sampled edge `j -> graph.indices[e]`: the attraction and the negative samples,
+    /// all measured from `j`'s position before this edge, applied together.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn edge2(
+        &self,
+        k: &Kern2,
+        blk: &mut Block,
+        local: &mut [f32],
+        snap: &[f32],
+        j: usize,
+        e: usize,
+        (def_idx, def_val): &mut (Vec<u32>, Vec<f32>),
+    ) {
+        let (v0, v1) = (k.v0, k.v1);
+        let point = |local: &[f32], p: usize| -> (f32, f32) {
+            if p >= v0 && p < v1 {
+                let l = 2 * (p - v0);
+                (local[l], local[l + 1])
+            } else {
+                (snap[2 * p], snap[2 * p + 1])
+            }
+        };
+        let lj = j - v0;
+        let le = e - k.e_base;
+        let other = self.graph.indices[e] as usize;
+        let other_local = other >= v0 && other < v1;
+        let (cx, cy) = (local[2 * lj], local[2 * lj + 1]);
+        let (ox, oy) = point(local, other);
+        let (dx, dy) = (cx - ox, cy - oy);
+        let d2 = dx * dx + dy * dy;
+        let coeff = if d2 > 0.0 {
+            let pb = fast_pow32(d2, k.b);
+            -k.two_ab * (pb / d2) / (k.a * pb + 1.0)
+        } else {
+            0.0
+        };
+        let gx = (coeff * dx).clamp(-4.0, 4.0) * k.alpha;
+        let gy = (coeff * dy).clamp(-4.0, 4.0) * k.alpha;
+        if other_local {
+            let lk = 2 * (other - v0);
+            local[lk] = ox - gx;
+            local[lk + 1] = oy - gy;
+        } else {
+            def_idx.push(other as u32);
+            def_val.push(-gx);
+            def_val.push(-gy);
+        }
+        blk.next_sample[le] += self.eps[e];
+
+        let (mut sx, mut sy) = (0.0f32, 0.0f32);
+        if self.nsr > 0 {
+            let n_neg = ((k.epoch - blk.next_negative[le]) / self.eps_neg[e]).max(0.0) as usize;
+            let mut done = 0;
+            while done < n_neg {
+                let m = (n_neg - done).min(LANES);
+                // unused lanes sit at distance 1 (a zero distance would make `pb` subnormal,
+                // and subnormal arithmetic costs hundreds of cycles)
+                let mut px = [cx + 1.0; LANES];
+                let mut py = [cy; LANES];
+                let mut keep = [0.0f32; LANES];
+                for l in 0..m {
+                    let r = next_u64(&mut blk.rng[lj]);
+                    let kk = below(r, self.n);
+                    // umap: a point is not pushed away from itself (distance 0)
+                    if kk != j {
+                        (px[l], py[l]) = point(local, kk);
+                        keep[l] = 1.0;
+                    }
+                }
+                let mut lx = [0.0f32; LANES];
+                let mut ly = [0.0f32; LANES];
+                for l in 0..LANES {
+                    let (dx, dy) = (cx - px[l], cy - py[l]);
+                    let d2 = dx * dx + dy * dy;
+                    let pb = fast_pow32(d2.max(f32::MIN_POSITIVE), k.b);
+                    let coeff = k.two_gb / ((0.001 + d2) * (k.a * pb + 1.0));
+                    let w = if d2 > 0.0 { keep[l] } else { 0.0 };
+                    lx[l] = w * (coeff * dx).clamp(-4.0, 4.0);
+                    ly[l] = w * (coeff * dy).clamp(-4.0, 4.0);
+                }
+                sx += sum8(&lx);
+                sy += sum8(&ly);
+                done += m;
+            }
+            blk.next_negative[le] += n_neg as f64 * self.eps_neg[e];
+        }
+        // `j`'s position may have moved since it was read (an earlier edge of the same
+        // call pointing at `j`): apply the steps to where it is now
+        local[2 * lj] += gx + sx * k.alpha;
+        local[2 * lj + 1] += gy + sy * k.alpha;
+    }
+}
+
+/// Per-call constants of the two-dimensional kernel.
+struct Kern2 {
+    a: f32,
+    b: f32,
+    two_ab: f32,
+    two_gb: f32,
+    alpha: f32,
+    epoch: f64,
+    v0: usize,
+    v1: usize,
+    e_base: usize,
+}
+
+/// Walks the edges of the points `j..end` that are due in this epoch.
+struct Cursor {
+    j: usize,
+    end: usize,
+    e: usize,
+}
+
+impl Cursor {
+    fn new(j: usize, end: usize, g: &CsrMatrix<f32>) -> Self {
+        Self {
+            j,
+            end,
+            e: g.indptr[j],
+        }
+    }
+
+    /// The next due edge `(j, e)`, or `None` at the end.
+    #[inline(always)]
+    fn next(&mut self, g: &CsrMatrix<f32>, blk: &Block, k: &Kern2) -> Option<(usize, usize)> {
+        while self.j < self.end {
+            let stop = g.indptr[self.j + 1];
+            while self.e < stop {
+                let e = self.e;
+                self.e += 1;
+                if blk.next_sample[e - k.e_base] <= k.epoch {
+                    return Some((self.j, e));
+                }
+            }
+            self.j += 1;
+        }
+        None
+    }
+}
+
+/// Pairwise sum of eight lanes (fixed order, so every target gives the same result).
+#[inline(always)]
+fn sum8(v: &[f32; LANES]) -> f32 {
+    ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]))
+}
+
+/// `x^y` for normal `x > 0` in `f32` (relative error ~1e-7 over the range the SGD sees).
+#[inline(always)]
+fn fast_pow32(x: f32, y: f32) -> f32 {
+    fast_exp2_32(y * fast_log2_32(x))
+}
+
+#[inline(always)]
+fn fast_log2_32(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let e = ((bits >> 23) & 0xff) as i32 - 127;
+    let m = f32::from_bits((bits & 0x007f_ffff) | 0x3f80_0000);
+    // mantissa shifted to [sqrt(1/2), sqrt(2)), branch-free
+    let big = m > std::f32::consts::SQRT_2;
+    let m = if big { m * 0.5 } else { m };
+    let e = e as f32 + if big { 1.0 } else { 0.0 };
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    // 2 atanh(t) / ln 2 with |t| < 0.172: the t^9 term is below 4e-8
+    let p = t * (2.0 + t2 * (2.0 / 3.0 + t2 * (2.0 / 5.0 + t2 * (2.0 / 7.0))));
+    e + p * std::f32::consts::LOG2_E
+}
+
+#[inline(always)]
+fn fast_exp2_32(y: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    // (-125: the result stays a normal float for any p >= 1/2)
+    let y = y.clamp(-125.0, 126.0);
+    // nearest integer i by float arithmetic (a float-to-int cast would not vectorise): in
+    // [2^23, 2^24) floats are spaced by 1, so `y + MAGIC` is `MAGIC + i` exactly, and its bit
+    // pattern is MAGIC's plus i
+    let t = y + MAGIC;
+    let i_bits = t.to_bits().wrapping_sub(MAGIC.to_bits());
+    let f = (y - (t - MAGIC)) * std::f32::consts::LN_2; // |f| <= ln2 / 2
+    // e^f to f^6 (error < 2e-7 on |f| <= 0.35)
+    let p = 1.0
+        + f * (1.0
+            + f * (0.5
+                + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
+    // 2^i from its exponent field (i in [-126, 126])
+    p * f32::from_bits(i_bits.wrapping_add(127) << 23)
 }
 
 /// `x^y` for `x > 0` as `2^(y log2 x)` with polynomial `log2`/`exp2` (relative error below
@@ -824,15 +1132,22 @@ fn laplacian_spectrum(
     let sqrt_deg: Vec<f64> = deg.iter().map(|d| d.sqrt()).collect();
     let norm = sqrt_deg.iter().map(|v| v * v).sum::<f64>().sqrt();
     let trivial: Vec<f64> = sqrt_deg.iter().map(|v| v / norm).collect();
+    let row = |i: usize, x: &[f64]| {
+        let (idx, val) = g.row(i);
+        let mut s = 0.0;
+        for (&j, &w) in idx.iter().zip(val) {
+            s += w as f64 * dinv[j as usize] * x[j as usize];
+        }
+        dinv[i] * s
+    };
     let op = |x: &[f64], y: &mut [f64]| {
-        y.par_iter_mut().enumerate().for_each(|(i, yi)| {
-            let (idx, val) = g.row(i);
-            let mut s = 0.0;
-            for (&j, &w) in idx.iter().zip(val) {
-                s += w as f64 * dinv[j as usize] * x[j as usize];
-            }
-            *yi = dinv[i] * s;
-        });
+        if n >= PAR_MIN {
+            y.par_iter_mut()
+                .enumerate()
+                .for_each(|(i, yi)| *yi = row(i, x));
+        } else {
+            y.iter_mut().enumerate().for_each(|(i, yi)| *yi = row(i, x));
+        }
     };
     let m = ((n as f64).sqrt() as usize)
         .clamp(2 * nev + 30, 100)
@@ -909,9 +1224,27 @@ fn multi_component_layout(
     for (i, &l) in labels.iter().enumerate() {
         members[l].push(i);
     }
+    // each component's spectral layout, in parallel, with its own random stream
+    let seeds: Vec<u64> = (0..nc).map(|_| rng.next()).collect();
+    let layouts: Vec<Option<Vec<f64>>> = members
+        .par_iter()
+        .zip(&seeds)
+        .map(|(mem, &seed)| {
+            let sz = mem.len();
+            if sz < 2 * dim || sz <= dim + 1 {
+                return None;
+            }
+            let mut crng = Rng::new(seed);
+            let sub = subgraph(g, mem);
+            Some(laplacian_eigenmap(&sub, dim, &mut crng).unwrap_or_else(|| {
+                (0..sz * dim)
+                    .map(|_| crng.uniform() * 20.0 - 10.0)
+                    .collect()
+            }))
+        })
+        .collect();
     let mut out = vec![0.0f64; n * dim];
-    let mut local = vec![usize::MAX; n];
-    for (c, mem) in members.iter().enumerate() {
+    for (c, (mem, e)) in members.iter().zip(layouts).enumerate() {
         let mc = &meta[c * dim..(c + 1) * dim];
         let mut nearest = f64::INFINITY;
         for o in 0..nc {
@@ -928,38 +1261,11 @@ fn multi_component_layout(
         } else {
             1.0
         };
-        let sz = mem.len();
-        let layout = if sz < 2 * dim || sz <= dim + 1 {
-            None
-        } else {
-            // the component's subgraph
-            for (t, &i) in mem.iter().enumerate() {
-                local[i] = t;
-            }
-            let mut indptr = vec![0usize];
-            let mut indices = Vec::new();
-            let mut vals = Vec::new();
-            for &i in mem {
-                let (idx, val) = g.row(i);
-                for (&j, &w) in idx.iter().zip(val) {
-                    indices.push(local[j as usize] as u32);
-                    vals.push(w);
-                }
-                indptr.push(indices.len());
-            }
-            let sub = CsrMatrix {
-                n_rows: sz,
-                n_cols: sz,
-                indptr,
-                indices,
-                data: vals,
-            };
-            let e = laplacian_eigenmap(&sub, dim, rng)
-                .unwrap_or_else(|| (0..sz * dim).map(|_| rng.uniform() * 20.0 - 10.0).collect());
+        let layout = e.map(|e| {
             let m = e.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             let s = if m > 0.0 { range / m } else { 1.0 };
-            Some(e.into_iter().map(|v| v * s).collect::<Vec<f64>>())
-        };
+            e.into_iter().map(|v| v * s).collect::<Vec<f64>>()
+        });
         for (t, &i) in mem.iter().enumerate() {
             for c2 in 0..dim {
                 let v = match &layout {
@@ -971,6 +1277,33 @@ fn multi_component_layout(
         }
     }
     out
+}
+
+/// The subgraph of `g` on the points `mem` (increasing; a connected component, so every
+/// neighbour is in `mem`), renumbered `0..mem.len()`.
+fn subgraph(g: &CsrMatrix<f32>, mem: &[usize]) -> CsrMatrix<f32> {
+    let mut indptr = Vec::with_capacity(mem.len() + 1);
+    indptr.push(0usize);
+    let mut indices = Vec::new();
+    let mut data = Vec::new();
+    for &i in mem {
+        let (idx, val) = g.row(i);
+        for (&j, &w) in idx.iter().zip(val) {
+            // `mem` is sorted, so the local number is the position
+            if let Ok(t) = mem.binary_search(&(j as usize)) {
+                indices.push(t as u32);
+                data.push(w);
+            }
+        }
+        indptr.push(indices.len());
+    }
+    CsrMatrix {
+        n_rows: mem.len(),
+        n_cols: mem.len(),
+        indptr,
+        indices,
+        data,
+    }
 }
 
 /// umap-learn's `component_layout`: spectral embedding of the centroids' `exp(-dist²)`
@@ -1191,7 +1524,7 @@ fn jacobi_eigen(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn dotv(a: &[f64], b: &[f64]) -> f64 {
-    if a.len() >= 4096 {
+    if a.len() >= PAR_MIN {
         a.par_chunks(4096)
             .zip(b.par_chunks(4096))
             .map(|(x, y)| x.iter().zip(y).map(|(p, q)| p * q).sum::<f64>())
@@ -1309,7 +1642,7 @@ fn lanczos_largest(
             .iter()
             .map(|&c| {
                 let mut y = vec![0.0f64; n];
-                y.par_chunks_mut(1024).enumerate().for_each(|(b, yb)| {
+                let fill = |(b, yb): (usize, &mut [f64])| {
                     let o = b * 1024;
                     for (r, v) in basis.iter().enumerate() {
                         let coef = s[r * m + c];
@@ -1317,7 +1650,12 @@ fn lanczos_largest(
                             *yv += coef * v[o + q];
                         }
                     }
-                });
+                };
+                if n >= PAR_MIN {
+                    y.par_chunks_mut(1024).enumerate().for_each(fill);
+                } else {
+                    y.chunks_mut(1024).enumerate().for_each(fill);
+                }
                 y
             })
             .collect();
@@ -1425,6 +1763,80 @@ mod tests {
         let (a, b) = find_ab_params(1.0, 0.1);
         assert!((a - 1.576_943_460_405_378).abs() < 1e-3 * a, "{a}");
         assert!((b - 0.895_060_878_123_428_3).abs() < 1e-3 * b, "{b}");
+    }
+
+    #[test]
+    fn fast_pow32_accuracy() {
+        let mut worst = 0.0f64;
+        for i in 0..20_000 {
+            let x = 10f32.powf(-8.0 + 16.0 * i as f32 / 20_000.0);
+            for y in [0.3f32, 0.79, 1.0, 1.33, 1.9, 2.7] {
+                let want = (x as f64).powf(y as f64);
+                let got = fast_pow32(x, y) as f64;
+                worst = worst.max(((got - want) / want).abs());
+            }
+        }
+        // f32 rounding of y log2(x) (up to ~70 here) alone gives a few 1e-6
+        assert!(worst < 1e-5, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn epoch2_same_on_every_isa() {
+        // a ring graph with chords, laid out with the generic kernel and the SIMD one
+        let n = 700;
+        let mut indptr = vec![0usize];
+        let mut indices = Vec::new();
+        let mut data = Vec::new();
+        for i in 0..n {
+            let mut nb = vec![(i + 1) % n, (i + n - 1) % n, (i * 7 + 3) % n];
+            nb.sort_unstable();
+            nb.dedup();
+            for j in nb {
+                if j != i {
+                    indices.push(j as u32);
+                    data.push(0.3 + 0.7 * ((i * 31 + j * 17) % 11) as f32 / 11.0);
+                }
+            }
+            indptr.push(indices.len());
+        }
+        // symmetrise by max
+        let mut dense = vec![0.0f32; n * n];
+        for i in 0..n {
+            for p in indptr[i]..indptr[i + 1] {
+                let j = indices[p] as usize;
+                let w = data[p].max(dense[j * n + i]);
+                dense[i * n + j] = w;
+                dense[j * n + i] = w;
+            }
+        }
+        let (mut ip, mut ix, mut dv) = (vec![0usize], Vec::new(), Vec::new());
+        for i in 0..n {
+            for j in 0..n {
+                if dense[i * n + j] > 0.0 {
+                    ix.push(j as u32);
+                    dv.push(dense[i * n + j]);
+                }
+            }
+            ip.push(ix.len());
+        }
+        let g = CsrMatrix::new(n, n, ip, ix, dv).expect("csr");
+        let opts = UmapOptions {
+            n_epochs: Some(60),
+            init: UmapInit::Random,
+            ..Default::default()
+        };
+        let run = |isa: Isa| {
+            let mut rng = Rng::new(5);
+            let mut emb = minmax_scale(&random_init(n, 2, &mut rng), n, 2);
+            optimize_with(&mut emb, &g, 2, 60, 0.58, 1.33, &opts, 9, isa);
+            emb
+        };
+        let generic = run(Isa::Generic);
+        assert!(generic.iter().all(|v| v.is_finite()));
+        #[cfg(target_arch = "x86_64")]
+        if detect_isa() != Isa::Generic {
+            assert_eq!(generic, run(Isa::Avx2));
+        }
     }
 
     #[test]

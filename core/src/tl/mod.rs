@@ -6,3 +6,5 @@ pub mod embed;
 pub mod embed_job;
 pub mod generate;
 pub mod genes;
+pub mod labels;
+pub mod plot;
