@@ -34,5 +34,52 @@ fn uniform_layout_matches_wgsl() {
         layouter[uniforms].size as usize,
         std::mem::size_of::<cellforge_shaders::ScatterUniforms>()
     );
-    assert_eq!(std::mem::size_of::<cellforge_shaders::ScatterPoint>(), 24);
+    assert_eq!(
+        std::mem::size_of::<cellforge_shaders::ScatterUniforms>(),
+        48
+    );
+}
+
+#[test]
+fn scatter_vertex_inputs_are_position_and_colour() {
+    let module = naga::front::wgsl::parse_str(cellforge_shaders::SCATTER_WGSL).expect("parses");
+    let vs = module
+        .entry_points
+        .iter()
+        .find(|e| e.stage == naga::ShaderStage::Vertex)
+        .expect("vertex entry point");
+    let mut locations: Vec<(u32, String)> = Vec::new();
+    for arg in &vs.function.arguments {
+        let mut visit = |binding: &Option<naga::Binding>, ty: naga::Handle<naga::Type>| {
+            if let Some(naga::Binding::Location { location, .. }) = binding {
+                locations.push((*location, format!("{:?}", module.types[ty].inner)));
+            }
+        };
+        visit(&arg.binding, arg.ty);
+        if let naga::TypeInner::Struct { members, .. } = &module.types[arg.ty].inner {
+            for m in members {
+                visit(&m.binding, m.ty);
+            }
+        }
+    }
+    locations.sort();
+    let layouts = cellforge_shaders::scatter_vertex_layouts();
+    assert_eq!(locations.len(), 2, "{locations:?}");
+    // location 0: vec2<f32> from Float32x2; location 1: vec4<f32> from Unorm8x4
+    assert!(
+        locations[0].1.contains("Bi") && locations[0].0 == 0,
+        "{locations:?}"
+    );
+    assert!(
+        locations[1].1.contains("Quad") && locations[1].0 == 1,
+        "{locations:?}"
+    );
+    assert_eq!(
+        layouts[0].attributes[0].format,
+        wgpu::VertexFormat::Float32x2
+    );
+    assert_eq!(
+        layouts[1].attributes[0].format,
+        wgpu::VertexFormat::Unorm8x4
+    );
 }

@@ -4,6 +4,7 @@
 
 mod app;
 mod loader;
+pub mod scatter;
 pub mod selection;
 
 pub use app::CellforgeApp;

@@ -301,6 +301,7 @@ fn umap_in_pool(
             b,
             opts,
             mix(opts.seed ^ 0x0073_6764),
+            detect_isa(),
         );
     }
     Ok(UmapResult {
@@ -459,21 +460,6 @@ struct Block {
 
 #[allow(clippy::too_many_arguments)]
 fn optimize(
-    emb: &mut [f32],
-    graph: &CsrMatrix<f32>,
-    dim: usize,
-    n_epochs: usize,
-    a: f64,
-    b: f64,
-    opts: &UmapOptions,
-    seed: u64,
-) {
-    let isa = detect_isa();
-    optimize_with(emb, graph, dim, n_epochs, a, b, opts, seed, isa);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn optimize_with(
     emb: &mut [f32],
     graph: &CsrMatrix<f32>,
     dim: usize,
@@ -1828,7 +1814,7 @@ mod tests {
         let run = |isa: Isa| {
             let mut rng = Rng::new(5);
             let mut emb = minmax_scale(&random_init(n, 2, &mut rng), n, 2);
-            optimize_with(&mut emb, &g, 2, 60, 0.58, 1.33, &opts, 9, isa);
+            optimize(&mut emb, &g, 2, 60, 0.58, 1.33, &opts, 9, isa);
             emb
         };
         let generic = run(Isa::Generic);
