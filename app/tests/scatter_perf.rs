@@ -195,13 +195,13 @@ fn run(n: usize, radius: f32) {
 }
 
 #[test]
-#[ignore = "timing; run explicitly"]
+#[ignore = "a timing report, not a check (seconds per frame on a software rasteriser); run with `cargo test -p cellforge --release --test scatter_perf -- --ignored --nocapture`, also on the GPU machine when one is lent"]
 fn frame_time_100k() {
     run(100_000, 2.0);
 }
 
 #[test]
-#[ignore = "timing; run explicitly"]
+#[ignore = "a timing report, not a check (seconds per frame on a software rasteriser); run with `cargo test -p cellforge --release --test scatter_perf -- --ignored --nocapture`, also on the GPU machine when one is lent"]
 fn frame_time_1m() {
     run(1_000_000, 2.0);
     run(1_000_000, 1.0);

@@ -375,6 +375,18 @@ struct Disc {
     color: [u8; 4],
 }
 
+impl Disc {
+    /// The disc in units `s` times larger (points to pixels).
+    fn scaled(&self, s: f32) -> Disc {
+        Disc {
+            x: self.x * s,
+            y: self.y * s,
+            r: self.r * s,
+            color: self.color,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct ColorbarGeom {
     rect: Rect,
@@ -1337,11 +1349,14 @@ pub fn render_png(
         let discs: Vec<Disc> = scene
             .marks
             .iter()
-            .map(|m| Disc {
-                x: m.x * s,
-                y: m.y * s,
-                r: scene.radius * s,
-                color: m.color,
+            .map(|m| {
+                Disc {
+                    x: m.x,
+                    y: m.y,
+                    r: scene.radius,
+                    color: m.color,
+                }
+                .scaled(s)
             })
             .collect();
         canvas.paint_discs(&discs, &clip);
@@ -1354,16 +1369,7 @@ pub fn render_png(
         w: w as f32,
         h: h as f32,
     };
-    let legend: Vec<Disc> = scene
-        .legend
-        .iter()
-        .map(|d| Disc {
-            x: d.x * s,
-            y: d.y * s,
-            r: d.r * s,
-            color: d.color,
-        })
-        .collect();
+    let legend: Vec<Disc> = scene.legend.iter().map(|d| d.scaled(s)).collect();
     canvas.paint_discs(&legend, &everywhere);
 
     if let Some(cb) = &scene.colorbar {

@@ -58,7 +58,7 @@ pub enum ToolError {
 
 pub type Result<T> = std::result::Result<T, ToolError>;
 
-fn input(msg: impl Into<String>) -> ToolError {
+pub(crate) fn input(msg: impl Into<String>) -> ToolError {
     ToolError::Input(msg.into())
 }
 

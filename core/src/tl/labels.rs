@@ -500,19 +500,17 @@ impl LabelSession {
                 found: sources.len(),
             });
         }
-        Ok(Self {
-            column,
-            sources,
-            metadata,
-            undo: Vec::new(),
-            redo: Vec::new(),
-            journal: None,
-        })
+        Ok(Self::fresh(column, sources, metadata))
     }
 
     /// Starts a session in which every cell has the same source.
     pub fn with_source(column: LabelColumn, source: Source, metadata: Option<Value>) -> Self {
         let sources = vec![source; column.n_cells()];
+        Self::fresh(column, sources, metadata)
+    }
+
+    /// A session without history or journal (`sources` has one entry per cell).
+    fn fresh(column: LabelColumn, sources: Vec<Source>, metadata: Option<Value>) -> Self {
         Self {
             column,
             sources,

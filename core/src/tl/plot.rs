@@ -12,7 +12,7 @@
 
 use crate::anndata::{AnnData, ArrayData, Categorical, Element};
 
-use super::analyze::{ToolError, element_to_dense, expression};
+use super::analyze::{ToolError, element_to_dense, expression, input};
 
 /// How the cells are coloured.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,10 +42,6 @@ pub struct ScatterData {
     /// One point per cell (non-finite coordinates are kept; renderers skip them).
     pub points: Vec<[f32; 2]>,
     pub color: PlotColor,
-}
-
-fn input(msg: impl Into<String>) -> ToolError {
-    ToolError::Input(msg.into())
 }
 
 /// The scatter of `obsm[basis]` (columns `components.0` and `components.1`, 0-based)
