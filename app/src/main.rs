@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
-        None => match gui::run(args.open) {
+        None => match gui::Startup::from_args(&args).and_then(gui::run) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

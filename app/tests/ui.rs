@@ -34,7 +34,9 @@ fn welcome_screen_opens_the_demo_and_shows_its_summary() {
     h.get_by_label("pbmcs_small.h5ad");
     h.get_by_label("1,200 cells × 1,767 genes");
     h.get_by_label("X looks log-normalised (non-integer, small values)");
-    // The obs table shows the first cell and its label columns.
+    // The cells table lists the label columns.
+    h.get_by_label("Cells").click();
+    h.run_steps(2);
     h.get_by_label("cell_type");
     h.get_by_label("cell_type_broad");
     if let Some(path) = std::env::var_os("CELLFORGE_SCREENSHOT") {

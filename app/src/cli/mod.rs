@@ -25,6 +25,18 @@ pub struct Cli {
     /// Open this .h5ad file in the app at start-up.
     #[arg(global = false)]
     pub open: Option<PathBuf>,
+    /// App: open the bundled demo dataset and demo model at start-up.
+    #[arg(long)]
+    pub demo: bool,
+    /// App: open this model folder at start-up.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// App: run these steps at start-up, in order (embed, umap, leiden, finetune, annotate).
+    #[arg(long, value_delimiter = ',')]
+    pub run: Vec<String>,
+    /// App: once the start-up steps are done, save a screenshot of the window (PNG) and quit.
+    #[arg(long)]
+    pub screenshot: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use cellforge_core::io::read_h5ad_with_warnings;
-use cellforge_core::tl::plot::{PlotColor, scatter_data};
+use cellforge_core::tl::plot::scatter_data;
 
 use crate::figure::{
-    ColorBy, Colormap, DrawOrder, ScatterFigure, categorical_colors, render_png, render_svg,
-    write_atomic,
+    Colormap, DrawOrder, ScatterFigure, color_by, render_png, render_svg, write_atomic,
 };
 
 #[derive(Debug, clap::Args)]
@@ -54,17 +53,6 @@ pub struct PlotArgs {
     pub counts: bool,
 }
 
-/// `#rrggbb` or `#rrggbbaa`, as matplotlib writes colours.
-fn parse_hex(s: &str) -> Option<[u8; 4]> {
-    let h = s.strip_prefix('#')?;
-    let byte = |i: usize| u8::from_str_radix(h.get(i..i + 2)?, 16).ok();
-    match h.len() {
-        6 => Some([byte(0)?, byte(2)?, byte(4)?, 255]),
-        8 => Some([byte(0)?, byte(2)?, byte(4)?, byte(6)?]),
-        _ => None,
-    }
-}
-
 pub fn run(a: &PlotArgs) -> anyhow::Result<()> {
     let ext = a
         .output
@@ -105,42 +93,7 @@ pub fn run(a: &PlotArgs) -> anyhow::Result<()> {
         (comps[0] - 1, comps[1] - 1),
     )?;
     let n = data.points.len();
-    let (colors, title) = match data.color {
-        PlotColor::None => (
-            ColorBy::Categorical {
-                codes: vec![0; n],
-                names: vec!["cells".into()],
-                colors: categorical_colors(1),
-            },
-            String::new(),
-        ),
-        PlotColor::Categorical {
-            key,
-            codes,
-            names,
-            colors,
-        } => {
-            let own: Option<Vec<[u8; 4]>> =
-                colors.and_then(|c| c.iter().map(|h| parse_hex(h)).collect());
-            let colors = own.unwrap_or_else(|| categorical_colors(names.len()));
-            (
-                ColorBy::Categorical {
-                    codes,
-                    names,
-                    colors,
-                },
-                key,
-            )
-        }
-        PlotColor::Continuous { key, values } => (
-            ColorBy::Continuous {
-                values,
-                cmap,
-                label: key.clone(),
-            },
-            key,
-        ),
-    };
+    let (colors, title) = color_by(data.color, n, cmap);
     let mut fig = ScatterFigure::new(data.points, colors);
     fig.x_label = data.x_label;
     fig.y_label = data.y_label;

@@ -77,6 +77,65 @@ fn scanpy_rule(n: usize, cycle: &[[u8; 3]]) -> Vec<[u8; 4]> {
     source.iter().take(n).map(|&c| rgba(c)).collect()
 }
 
+/// `#rrggbb` or `#rrggbbaa`, as matplotlib writes colours.
+pub fn parse_hex(s: &str) -> Option<[u8; 4]> {
+    let h = s.strip_prefix('#')?;
+    let byte = |i: usize| u8::from_str_radix(h.get(i..i + 2)?, 16).ok();
+    match h.len() {
+        6 => Some([byte(0)?, byte(2)?, byte(4)?, 255]),
+        8 => Some([byte(0)?, byte(2)?, byte(4)?, byte(6)?]),
+        _ => None,
+    }
+}
+
+/// The figure colouring for what `tl::plot::scatter_data` found: the file's own category
+/// colours when it has a full set (`uns["<key>_colors"]`), scanpy's defaults otherwise;
+/// `cmap` for values. Also returns the key, for a title.
+pub fn color_by(
+    color: cellforge_core::tl::plot::PlotColor,
+    n_points: usize,
+    cmap: Colormap,
+) -> (ColorBy, String) {
+    use cellforge_core::tl::plot::PlotColor;
+    match color {
+        PlotColor::None => (
+            ColorBy::Categorical {
+                codes: vec![0; n_points],
+                names: vec!["cells".into()],
+                colors: categorical_colors(1),
+            },
+            String::new(),
+        ),
+        PlotColor::Categorical {
+            key,
+            codes,
+            names,
+            colors,
+        } => {
+            let own: Option<Vec<[u8; 4]>> = colors
+                .filter(|c| c.len() >= names.len())
+                .and_then(|c| c.iter().map(|h| parse_hex(h)).collect());
+            let colors = own.unwrap_or_else(|| categorical_colors(names.len()));
+            (
+                ColorBy::Categorical {
+                    codes,
+                    names,
+                    colors,
+                },
+                key,
+            )
+        }
+        PlotColor::Continuous { key, values } => (
+            ColorBy::Continuous {
+                values,
+                cmap,
+                label: key.clone(),
+            },
+            key,
+        ),
+    }
+}
+
 /// Continuous colormaps, sampled from matplotlib at 256 entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Colormap {

@@ -3,16 +3,18 @@
 //! wakes the UI.
 
 mod app;
-mod loader;
+pub mod bench;
+pub mod jobs;
 pub mod scatter;
 pub mod selection;
+pub mod work;
 
-pub use app::CellforgeApp;
+pub use app::{CellforgeApp, Startup, StartupStep, Tab, default_export_path};
 
 use std::path::PathBuf;
 
 /// Opens the main window and runs until it is closed.
-pub fn run(open: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(startup: Startup) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         renderer: eframe::Renderer::Wgpu,
         viewport: egui::ViewportBuilder::default()
@@ -25,14 +27,27 @@ pub fn run(open: Option<PathBuf>) -> anyhow::Result<()> {
         "cellforge",
         options,
         Box::new(move |cc| {
-            let mut app = CellforgeApp::new(cc.egui_ctx.clone());
-            if let Some(path) = open {
-                app.open(path);
-            }
+            let mut app = CellforgeApp::from_creation_context(cc);
+            app.set_startup(startup);
             Ok(Box::new(app))
         }),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Where the bundled demo model lives (see `demo_dataset_path`).
+pub fn demo_model_path() -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe()
+        && let Some(dir) = exe.parent()
+    {
+        candidates.push(dir.join("assets/demo/model"));
+        candidates.push(dir.join("../share/cellforge/demo/model"));
+    }
+    candidates.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/demo/model"));
+    candidates
+        .into_iter()
+        .find(|p| p.join("config.json").is_file())
 }
 
 /// Where the bundled demo dataset lives: next to the executable (installed layouts) or in the

@@ -1,0 +1,726 @@
+//! What the app works on (the open dataset and its working copies, the model) and the jobs
+//! that change them. Every job reads its inputs and writes a new working file in the
+//! session folder; the file the user opened is only ever read.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cellforge_core::anndata::{AnnData, Categorical, Element, Mapping};
+use cellforge_core::device::DeviceRequest;
+use cellforge_core::io::{read_h5ad_with_warnings, write_h5ad};
+use cellforge_core::model::ModelFiles;
+use cellforge_core::summary::Summary;
+use cellforge_core::tl::annotate::{AnnotateEvent, AnnotateRequest, run_annotate};
+use cellforge_core::tl::embed::EmbedOptions;
+use cellforge_core::tl::embed_job::{EmbedEvent, EmbedRequest, GeneColumn, run_embed};
+use cellforge_core::tl::labels::LabelSession;
+use cellforge_core::train::finetune::{FinetuneEvent, FinetuneRequest, ModelLabels, run_finetune};
+use cellforge_core::train::{Objectives, TrainConfig, TrainError, TrainEvent};
+use cellforge_core::vocab::GeneVocab;
+
+use super::jobs::{Failure, Output, Reporter};
+
+/// The open dataset.
+pub struct Dataset {
+    /// The file the user opened (never written).
+    pub source: PathBuf,
+    /// The newest version: `source`, or a working file in the session folder.
+    pub current: PathBuf,
+    pub adata: Arc<AnnData>,
+    pub summary: Box<Summary>,
+    pub warnings: Vec<String>,
+    /// What was done to the data since it was opened, oldest first.
+    pub steps: Vec<String>,
+    /// Bumped whenever `adata` is replaced.
+    pub version: u64,
+}
+
+/// A model folder the user opened.
+pub struct ModelInfo {
+    pub dir: PathBuf,
+    /// "2 layers x 64 dims, 4 heads, FFN 64".
+    pub architecture: String,
+    pub vocab: Arc<GeneVocab>,
+    pub max_seq_len: usize,
+    /// Cell types of its classifier (empty: no classifier; fine-tune it first).
+    pub classes: Vec<String>,
+    pub label_key: Option<String>,
+}
+
+/// The session folder: working files, fine-tuned models and the label journal.
+pub struct WorkDir {
+    pub path: PathBuf,
+    counter: u32,
+}
+
+impl WorkDir {
+    /// A fresh folder under `root`, else `$CELLFORGE_WORK_DIR`, else the system temp folder.
+    pub fn create(root: Option<&Path>) -> std::io::Result<Self> {
+        let root = root
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("CELLFORGE_WORK_DIR").map(PathBuf::from))
+            .unwrap_or_else(|| std::env::temp_dir().join("cellforge-sessions"));
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let path = root.join(format!("session-{}-{stamp}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self { path, counter: 0 })
+    }
+
+    /// A new file or folder name in the session folder.
+    pub fn next(&mut self, stem: &str, ext: &str) -> PathBuf {
+        self.counter += 1;
+        let name = if ext.is_empty() {
+            format!("{:02}-{stem}", self.counter)
+        } else {
+            format!("{:02}-{stem}.{ext}", self.counter)
+        };
+        self.path.join(name)
+    }
+}
+
+fn read_dataset(path: &Path) -> Result<(AnnData, Vec<String>), Failure> {
+    read_h5ad_with_warnings(path)
+        .map(|(a, w)| (a, w.iter().map(|w| w.to_string()).collect()))
+        .map_err(|e| {
+            Failure::new(
+                format!(
+                    "Could not open {}",
+                    path.file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| path.display().to_string())
+                ),
+                e,
+            )
+        })
+}
+
+/// Opened dataset, summarised.
+pub fn open(path: &Path, r: &Reporter) -> Result<(AnnData, Box<Summary>, Vec<String>), Failure> {
+    r.stage(format!("Reading {}", path.display()));
+    let (adata, warnings) = read_dataset(path)?;
+    let size = std::fs::metadata(path).ok().map(|m| m.len());
+    let summary = Box::new(Summary::of(&adata, size));
+    Ok((adata, summary, warnings))
+}
+
+/// Reads a model folder's configuration, vocabulary and classes.
+pub fn open_model(dir: &Path) -> Result<ModelInfo, Failure> {
+    let files = ModelFiles::open(dir).map_err(|e| {
+        Failure::new(
+            "This folder is not a model cellforge can use (scGPT release or cellforge model)",
+            format!("{}: {e}", dir.display()),
+        )
+    })?;
+    let c = &files.config;
+    let labels = ModelLabels::read(dir).ok();
+    Ok(ModelInfo {
+        dir: dir.to_path_buf(),
+        architecture: format!(
+            "{} layers × {} dims, {} heads, FFN {}",
+            c.nlayers, c.d_model, c.nhead, c.d_hid
+        ),
+        max_seq_len: c.max_seq_len,
+        vocab: Arc::new(files.vocab),
+        classes: labels
+            .as_ref()
+            .map(|l| l.classes.clone())
+            .unwrap_or_default(),
+        label_key: labels.and_then(|l| l.label_key),
+    })
+}
+
+fn dataset_output(path: PathBuf, message: String, r: &Reporter) -> Result<Output, Failure> {
+    r.stage("Reading the result");
+    let (adata, _) = read_dataset(&path)?;
+    Ok(Output::Dataset {
+        adata: Box::new(adata),
+        path,
+        message,
+    })
+}
+
+/// Settings of the embed step.
+#[derive(Clone, Debug)]
+pub struct EmbedSettings {
+    pub batch_size: usize,
+    pub max_length: usize,
+}
+
+impl Default for EmbedSettings {
+    fn default() -> Self {
+        let o = EmbedOptions::default();
+        Self {
+            batch_size: o.batch_size,
+            max_length: o.max_length,
+        }
+    }
+}
+
+pub fn embed(
+    input: PathBuf,
+    model_dir: PathBuf,
+    output: PathBuf,
+    device: DeviceRequest,
+    s: EmbedSettings,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    let req = EmbedRequest {
+        input,
+        model_dir,
+        output: output.clone(),
+        gene_col: GeneColumn::Index,
+        device,
+        precision: cellforge_core::device::Precision::Auto,
+        key_added: "X_scGPT".into(),
+        options: EmbedOptions {
+            batch_size: s.batch_size.max(1),
+            max_length: s.max_length.max(2),
+            ..EmbedOptions::default()
+        },
+    };
+    r.stage("Loading the model");
+    let summary = run_embed(&req, &mut |e| {
+        match e {
+            EmbedEvent::Device(d) => r.log(format!("device: {d}")),
+            EmbedEvent::ModelLoaded { summary, .. } => r.log(format!("model: {summary}")),
+            EmbedEvent::GenesMatched(m, vocab) => {
+                r.log(format!("genes: {}", m.render(vocab)));
+                r.stage("Embedding");
+            }
+            EmbedEvent::Progress(p) => r.progress(p.cells_done as u64, p.cells_total as u64),
+            EmbedEvent::Writing => r.stage("Writing"),
+        }
+        r.flow()
+    })
+    .map_err(|e| Failure::new("Embedding failed", e))?;
+    let msg = format!(
+        "Embedded {} cells in {:.1} s on {} (obsm X_scGPT)",
+        cellforge_core::fmt::thousands(summary.n_cells as u64),
+        summary.seconds,
+        summary.device.name
+    );
+    r.log(msg.clone());
+    dataset_output(output, msg, r)
+}
+
+/// Settings of the neighbours + UMAP step.
+#[derive(Clone, Debug)]
+pub struct UmapSettings {
+    /// obsm key of the representation (`X_scGPT`, `X_pca`, ...).
+    pub use_rep: String,
+    pub n_neighbors: usize,
+    pub min_dist: f64,
+}
+
+impl Default for UmapSettings {
+    fn default() -> Self {
+        Self {
+            use_rep: "X_scGPT".into(),
+            n_neighbors: 15,
+            min_dist: 0.5,
+        }
+    }
+}
+
+fn analysis_failure(title: &str, e: impl std::fmt::Display) -> Failure {
+    Failure::new(title, e)
+}
+
+pub fn umap(
+    adata: Arc<AnnData>,
+    output: PathBuf,
+    s: UmapSettings,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    use cellforge_core::tl::analyze as an;
+    let mut a = (*adata).clone();
+    r.stage(format!("Neighbours on {}", s.use_rep));
+    r.progress(0, 3);
+    let p = an::NeighborsParams {
+        n_neighbors: s.n_neighbors.max(2),
+        use_rep: Some(s.use_rep.clone()),
+        ..Default::default()
+    };
+    an::neighbors(&mut a, &p).map_err(|e| analysis_failure("Neighbour search failed", e))?;
+    if r.cancelled() {
+        return Err(Failure::new("Cancelled", ""));
+    }
+    r.progress(1, 3);
+    r.stage("UMAP layout");
+    let mut up = an::UmapParams::default();
+    up.options.min_dist = s.min_dist;
+    let u = an::umap(&mut a, &up).map_err(|e| analysis_failure("UMAP failed", e))?;
+    if r.cancelled() {
+        return Err(Failure::new("Cancelled", ""));
+    }
+    r.progress(2, 3);
+    r.stage("Writing");
+    an::write_output(&a, &output).map_err(|e| Failure::new("Could not save the result", e))?;
+    r.progress(3, 3);
+    let msg = format!(
+        "UMAP of {} ({} neighbours) in {:.1} s",
+        s.use_rep, p.n_neighbors, u.seconds
+    );
+    r.log(msg.clone());
+    Ok(Output::Dataset {
+        adata: Box::new(a),
+        path: output,
+        message: msg,
+    })
+}
+
+pub fn leiden(
+    adata: Arc<AnnData>,
+    output: PathBuf,
+    resolution: f64,
+    use_rep: String,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    use cellforge_core::tl::analyze as an;
+    let mut a = (*adata).clone();
+    r.stage("Neighbours");
+    let p = an::NeighborsParams {
+        use_rep: Some(use_rep),
+        ..Default::default()
+    };
+    an::ensure_neighbors(&mut a, &p).map_err(|e| analysis_failure("Neighbour search failed", e))?;
+    r.stage("Leiden");
+    let l = an::leiden(
+        &mut a,
+        &an::LeidenParams {
+            resolution,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| analysis_failure("Clustering failed", e))?;
+    if r.cancelled() {
+        return Err(Failure::new("Cancelled", ""));
+    }
+    r.stage("Writing");
+    an::write_output(&a, &output).map_err(|e| Failure::new("Could not save the result", e))?;
+    let msg = format!(
+        "Leiden at resolution {resolution}: {} clusters (obs leiden)",
+        l.n_clusters
+    );
+    r.log(msg.clone());
+    Ok(Output::Dataset {
+        adata: Box::new(a),
+        path: output,
+        message: msg,
+    })
+}
+
+/// The fine-tuning form, with scGPT's annotation recipe as defaults.
+#[derive(Clone, Debug)]
+pub struct FinetuneSettings {
+    pub label_key: String,
+    /// Empty: no batch column.
+    pub batch_key: String,
+    pub cls: bool,
+    pub cls_weight: f64,
+    pub gep: bool,
+    pub gep_weight: f64,
+    pub gepc: bool,
+    pub gepc_weight: f64,
+    pub ecs: bool,
+    pub ecs_weight: f64,
+    pub dar: bool,
+    pub dar_weight: f64,
+    pub cce: bool,
+    pub cce_weight: f64,
+    pub epochs: usize,
+    pub lr: f64,
+    pub batch_size: usize,
+    pub mask_ratio: f64,
+    pub validation_fraction: f64,
+    pub max_len: usize,
+    pub balance_classes: bool,
+}
+
+impl Default for FinetuneSettings {
+    fn default() -> Self {
+        let r = TrainConfig::finetune_recipe();
+        Self {
+            label_key: String::new(),
+            batch_key: String::new(),
+            cls: true,
+            cls_weight: 1.0,
+            gep: false,
+            gep_weight: 1.0,
+            gepc: false,
+            gepc_weight: 1.0,
+            ecs: false,
+            ecs_weight: 10.0,
+            dar: false,
+            dar_weight: 1.0,
+            cce: false,
+            cce_weight: 10.0,
+            epochs: r.epochs,
+            lr: r.lr,
+            batch_size: r.batch_size,
+            mask_ratio: 0.4,
+            validation_fraction: 0.1,
+            max_len: r.tokens.max_len,
+            balance_classes: false,
+        }
+    }
+}
+
+impl FinetuneSettings {
+    pub fn objectives(&self) -> Objectives {
+        let w = |on: bool, weight: f64| if on { weight } else { 0.0 };
+        Objectives {
+            cls: w(self.cls, self.cls_weight),
+            gep: w(self.gep, self.gep_weight),
+            gepc: w(self.gepc, self.gepc_weight),
+            ecs: w(self.ecs, self.ecs_weight),
+            dar: w(self.dar, self.dar_weight),
+            cce: w(self.cce, self.cce_weight),
+            ..Objectives::default()
+        }
+    }
+
+    /// What is wrong with the form, in words, or `None` when it can run.
+    pub fn problem(&self) -> Option<String> {
+        let o = self.objectives();
+        if o.cls + o.gep + o.gepc + o.ecs + o.dar + o.cce <= 0.0 {
+            return Some("Pick at least one objective.".into());
+        }
+        if self.cls && self.label_key.is_empty() {
+            return Some("Pick the column with the cell types (needed by CLS).".into());
+        }
+        if self.dar && self.batch_key.is_empty() {
+            return Some("Pick the batch column (needed by DAR).".into());
+        }
+        None
+    }
+}
+
+pub fn finetune(
+    reference: PathBuf,
+    model_dir: PathBuf,
+    output: PathBuf,
+    device: DeviceRequest,
+    s: FinetuneSettings,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    let objectives = s.objectives();
+    let base = TrainConfig::finetune_recipe();
+    let mask_ratio = if objectives.needs_mask() {
+        s.mask_ratio
+    } else {
+        0.0
+    };
+    let config = TrainConfig {
+        objectives,
+        epochs: s.epochs.max(1),
+        lr: s.lr,
+        batch_size: s.batch_size.max(1),
+        mask_ratio,
+        tokens: cellforge_core::train::data::TokenSettings {
+            max_len: s.max_len.max(2),
+            ..base.tokens.clone()
+        },
+        use_batch_labels: false,
+        ..base
+    };
+    let req = FinetuneRequest {
+        reference,
+        layer: None,
+        gene_col: GeneColumn::Index,
+        label_key: (!s.label_key.is_empty()).then(|| s.label_key.clone()),
+        batch_key: (!s.batch_key.is_empty()).then(|| s.batch_key.clone()),
+        model_dir,
+        output: output.clone(),
+        device,
+        config,
+        validation_fraction: s.validation_fraction,
+        resume: false,
+        dsbn: false,
+        explicit_zero_prob: false,
+        balance_classes: s.balance_classes,
+        dropout: 0.2,
+    };
+    r.stage("Loading the model");
+    let summary = run_finetune(&req, &mut |e| {
+        match e {
+            FinetuneEvent::Device(d) => r.log(format!("device: {d}")),
+            FinetuneEvent::ModelLoaded(rep) => r.log(format!("model: {}", rep.render())),
+            FinetuneEvent::Data {
+                n_train,
+                n_valid,
+                classes,
+                genes_matched,
+                ..
+            } => {
+                r.log(format!(
+                    "data: {n_train} training and {n_valid} validation cells, {} cell types, \
+                     {genes_matched} genes in the vocabulary",
+                    classes.len()
+                ));
+                r.stage("Training");
+            }
+            FinetuneEvent::Train(TrainEvent::Step(st)) => {
+                let total = st
+                    .losses
+                    .iter()
+                    .find(|(n, _)| n == "total")
+                    .map(|x| x.1)
+                    .unwrap_or(f64::NAN);
+                r.train_step(st.step, total);
+                r.progress(st.step, st.total_steps);
+                r.stage(format!("Training, epoch {}", st.epoch + 1));
+            }
+            FinetuneEvent::Train(TrainEvent::Validation(v)) => {
+                r.validation(v.epoch, v.loss, v.accuracy);
+                r.log(format!(
+                    "epoch {}: validation loss {:.4}{}",
+                    v.epoch + 1,
+                    v.loss,
+                    v.accuracy
+                        .map(|a| format!(", accuracy {:.1}%", a * 100.0))
+                        .unwrap_or_default()
+                ));
+            }
+            FinetuneEvent::Train(TrainEvent::EarlyStop { epoch }) => {
+                r.log(format!("stopped early after epoch {}", epoch + 1))
+            }
+            FinetuneEvent::Train(_) => {}
+        }
+        r.flow()
+    })
+    .map_err(|e| match e {
+        TrainError::Cancelled => Failure::new("Cancelled", ""),
+        e => Failure::new("Fine-tuning failed", e),
+    })?;
+    let h = summary.history;
+    let msg = format!(
+        "Fine-tuned on {} cells in {:.1} s ({} cell types) on {}",
+        summary.n_train,
+        h.seconds,
+        summary.classes.len(),
+        summary.device.name
+    );
+    r.log(msg.clone());
+    Ok(Output::Model {
+        dir: output,
+        message: msg,
+        history: Box::new(h),
+        classes: summary.classes,
+    })
+}
+
+pub fn annotate(
+    query: PathBuf,
+    model_dir: PathBuf,
+    output: PathBuf,
+    device: DeviceRequest,
+    min_confidence: f64,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    let req = AnnotateRequest {
+        model_dir,
+        query,
+        output: output.clone(),
+        layer: None,
+        gene_col: GeneColumn::Index,
+        key_added: "predicted_cell_type".into(),
+        min_confidence,
+        device,
+        batch_size: 64,
+        seed: 0,
+    };
+    r.stage("Predicting");
+    let s = run_annotate(&req, &mut |e| {
+        match e {
+            AnnotateEvent::Device(d) => r.log(format!("device: {d}")),
+            AnnotateEvent::Progress { done, total } => r.progress(done as u64, total as u64),
+            AnnotateEvent::Writing => r.stage("Writing"),
+        }
+        r.flow()
+    })
+    .map_err(|e| match e {
+        TrainError::Cancelled => Failure::new("Cancelled", ""),
+        e => Failure::new("Annotation failed", e),
+    })?;
+    let msg = format!(
+        "Annotated {} cells ({} below confidence {min_confidence}, labelled Unknown) into obs \
+         predicted_cell_type",
+        cellforge_core::fmt::thousands(s.n_cells as u64),
+        s.n_unknown
+    );
+    r.log(msg.clone());
+    dataset_output(output, msg, r)
+}
+
+/// The label column being edited, as it goes into the exported file.
+pub struct LabelsToWrite {
+    pub column: String,
+    pub categories: Vec<String>,
+    pub codes: Vec<i32>,
+    pub sources: Vec<&'static str>,
+    pub metadata: Option<serde_json::Value>,
+    pub edits: usize,
+}
+
+impl LabelsToWrite {
+    pub fn from_session(column: &str, s: &LabelSession, edits: usize) -> Self {
+        let c = s.to_column();
+        let (categories, codes) = c.into_parts();
+        Self {
+            column: column.to_string(),
+            categories,
+            codes,
+            sources: s.sources_as_strings(),
+            metadata: s.metadata().cloned(),
+            edits,
+        }
+    }
+}
+
+/// Writes the annotated dataset: the current data, the edited label column and its
+/// per-cell provenance (`<column>_source`: original / model / mapped / manual), and a record
+/// of what was done in `uns["cellforge"]["annotation"]`. Written to a temp file next to
+/// `path`, fsynced and renamed, so an existing file is replaced whole or not at all.
+pub fn export(
+    adata: Arc<AnnData>,
+    labels: Option<LabelsToWrite>,
+    steps: Vec<String>,
+    source: PathBuf,
+    path: PathBuf,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    if cellforge_core::io::same_file(&source, &path) {
+        return Err(Failure::new(
+            "cellforge does not overwrite the file you opened; pick another name",
+            path.display(),
+        ));
+    }
+    r.stage("Preparing");
+    let mut a = (*adata).clone();
+    let mut record = Mapping::new();
+    record.insert(
+        "source_file".into(),
+        Element::String(source.display().to_string()),
+    );
+    record.insert(
+        "steps".into(),
+        Element::Strings(cellforge_core::anndata::StringArray::from_vec(steps)),
+    );
+    let mut note = String::new();
+    if let Some(l) = labels {
+        if l.codes.len() != a.n_obs() {
+            return Err(Failure::new(
+                "The labels do not fit this dataset",
+                format!("{} labels for {} cells", l.codes.len(), a.n_obs()),
+            ));
+        }
+        let labels: Vec<Option<&str>> = l
+            .codes
+            .iter()
+            .map(|&c| {
+                usize::try_from(c)
+                    .ok()
+                    .and_then(|c| l.categories.get(c))
+                    .map(|s| s.as_str())
+            })
+            .collect();
+        let mut cat = Categorical::from_labels(&labels);
+        // Keep the session's category order (legend order), not first appearance.
+        let names = l.categories.clone();
+        let index: std::collections::HashMap<&str, i32> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), i as i32))
+            .collect();
+        cat.codes = labels
+            .iter()
+            .map(|x| x.and_then(|n| index.get(n).copied()).unwrap_or(-1))
+            .collect();
+        cat.categories = Box::new(Element::Strings(
+            cellforge_core::anndata::StringArray::from_vec(names),
+        ));
+        a.obs.set_column(&l.column, Element::Categorical(cat));
+        let src: Vec<Option<&str>> = l.sources.iter().map(|s| Some(*s)).collect();
+        a.obs.set_column(
+            &format!("{}_source", l.column),
+            Element::Categorical(Categorical::from_labels(&src)),
+        );
+        record.insert("label_column".into(), Element::String(l.column.clone()));
+        record.insert("manual_edits".into(), Element::scalar_i64(l.edits as i64));
+        let n_manual = l.sources.iter().filter(|s| **s == "manual").count();
+        record.insert("manual_cells".into(), Element::scalar_i64(n_manual as i64));
+        if let Some(m) = &l.metadata {
+            record.insert("label_metadata".into(), Element::String(m.to_string()));
+        }
+        note = format!(
+            " with obs {} ({} cells labelled by hand)",
+            l.column,
+            cellforge_core::fmt::thousands(n_manual as u64)
+        );
+    }
+    record.insert(
+        "cellforge_version".into(),
+        Element::String(env!("CARGO_PKG_VERSION").into()),
+    );
+    a.record_provenance("annotation", record);
+    r.stage("Writing");
+    write_h5ad(&a, &path, &Default::default())
+        .map_err(|e| Failure::new("Could not write the file; nothing was replaced", e))?;
+    let msg = format!("Saved {}{note}", path.display());
+    r.log(msg.clone());
+    Ok(Output::Exported { path, message: msg })
+}
+
+/// scib-style integration metrics of `obsm[rep]` against a label and a batch column.
+pub fn integration(
+    adata: Arc<AnnData>,
+    rep: String,
+    label_key: String,
+    batch_key: String,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    use cellforge_core::analysis::integration::{IntegrationOptions, integration_metrics};
+    r.stage(format!("Neighbours and clusterings on {rep}"));
+    let bad = |e: String| Failure::new("Could not compute the integration metrics", e);
+    let m = cellforge_core::tl::analyze::representation(&adata, Some(&rep), None)
+        .map_err(|e| bad(e.to_string()))?;
+    let codes = |key: &str| -> Result<Vec<u32>, Failure> {
+        let c = adata.obs.categorical(key).map_err(bad)?;
+        c.codes
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| {
+                u32::try_from(k).map_err(|_| {
+                    bad(format!(
+                        "cell {} has no value in {key}; integration metrics need every cell labelled",
+                        adata.obs_names().get(i).cloned().unwrap_or_default()
+                    ))
+                })
+            })
+            .collect()
+    };
+    let labels = codes(&label_key)?;
+    let batches = if batch_key.is_empty() {
+        vec![0; labels.len()]
+    } else {
+        codes(&batch_key)?
+    };
+    let mat = m.matrix().map_err(|e| bad(e.to_string()))?;
+    let metrics = integration_metrics(&mat, &labels, &batches, &IntegrationOptions::default())
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(Output::Metrics {
+        metrics: Box::new(metrics),
+        description: format!(
+            "{rep}, labels {label_key}{}",
+            if batch_key.is_empty() {
+                String::new()
+            } else {
+                format!(", batches {batch_key}")
+            }
+        ),
+    })
+}
