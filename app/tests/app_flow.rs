@@ -169,6 +169,17 @@ fn open_embed_umap_finetune_annotate_relabel_undo_export() {
     );
     h.get_by_label(&format!("{} cells selected", selected.len()));
 
+    // Marker genes of the selection against the other cells.
+    click(&mut h, "Marker genes");
+    wait_idle(&mut h, "marker genes", 120);
+    let (n, genes) = h.state().markers().expect("markers").clone();
+    assert_eq!(n, selected.len());
+    assert!(genes.len() >= 10, "{genes:?}");
+    let var = h.state().dataset().expect("dataset").var_names().to_vec();
+    assert!(genes.iter().all(|g| var.contains(g)), "{genes:?}");
+    // The legend gives each predicted type's mean confidence.
+    h.get_by_label("(mean prediction confidence)");
+
     // Assign a new label, then a second one, then undo the second.
     h.get_by_label("Label name").click();
     h.get_by_label("Label name").type_text("Curated T");
@@ -339,4 +350,48 @@ fn a_cancelled_job_changes_nothing() {
             .obsm
             .contains_key("X_scGPT")
     );
+}
+
+#[test]
+fn gene_programs_and_the_gene_network() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut h = harness(tmp.path());
+    open_demo_with_model(&mut h);
+    click(&mut h, "Gene programs");
+    click(&mut h, "Find gene programs");
+    // Programs, then the network layout starts by itself and the Genes tab opens.
+    wait_idle(&mut h, "gene programs", 300);
+    wait_idle(&mut h, "network layout", 300);
+    let a = h.state().dataset().expect("dataset");
+    assert!(a.var.column("gene_program").is_some());
+    assert!(a.varp.contains_key("gene_similarity"));
+    let net = h.state().network().expect("network").clone();
+    assert!(net.genes.len() > 100, "{} genes", net.genes.len());
+    assert!(!net.edges.is_empty());
+    assert!(net.edges.windows(2).all(|w| w[0].2 >= w[1].2));
+    assert!(
+        net.positions
+            .iter()
+            .all(|p| p[0].is_finite() && p[1].is_finite())
+    );
+    h.get_by_label("Gene network");
+    // Raising the threshold shows fewer edges.
+    let all = net.edges_above(net.min_similarity).len();
+    h.state_mut().net_threshold = 0.9;
+    h.run_steps(2);
+    assert!(net.edges_above(0.9).len() < all);
+    h.get_by_label_contains(&format!("{} edges shown", net.edges_above(0.9).len()));
+    // Search selects the gene and lists its neighbours.
+    let gene = net.genes[net.edges[0].0 as usize].clone();
+    h.state_mut().net_threshold = net.default_threshold();
+    h.get_by_label("Find gene").click();
+    h.get_by_label("Find gene").type_text(&gene);
+    h.run_steps(1);
+    click(&mut h, "Find");
+    h.run_steps(2);
+    h.get_by_label_contains(&format!("{gene} (program"));
+    if let Some(path) = std::env::var_os("CELLFORGE_NETWORK_SCREENSHOT") {
+        let image = h.render().expect("render with wgpu");
+        image.save(&path).expect("save screenshot");
+    }
 }

@@ -87,6 +87,7 @@ pub enum Tab {
     Cells,
     Training,
     Benchmark,
+    Genes,
     Summary,
 }
 
@@ -127,6 +128,8 @@ enum Coloring {
         colors: Vec<[u8; 4]>,
         counts: Vec<usize>,
         codes: Vec<i32>,
+        /// Mean of `obs[<key>_confidence]` per category, when the column has one.
+        confidence: Option<Vec<f64>>,
     },
     Continuous {
         key: String,
@@ -180,6 +183,18 @@ pub struct CellforgeApp {
     startup: Startup,
     /// Frames waited after start-up before the screenshot is requested.
     screenshot_wait: u32,
+    pub preprocess: work::PreprocessSettings,
+    pub map_reference: String,
+    pub map_label_key: String,
+    pub map_k: usize,
+    pub programs_resolution: f64,
+    pub programs_threshold: f32,
+    network: Option<(u64, super::network::GeneNetwork)>,
+    markers: Option<(usize, Vec<String>)>,
+    net_view: ScatterView,
+    net_points: Option<Arc<ScatterPoints>>,
+    pub net_threshold: f32,
+    pub gene_query: String,
     pub bench_truth: String,
     pub bench_predicted: String,
     pub bench_batch: String,
@@ -231,6 +246,23 @@ impl CellforgeApp {
             rename_from: String::new(),
             startup: Startup::default(),
             screenshot_wait: 0,
+            preprocess: work::PreprocessSettings::default(),
+            map_reference: String::new(),
+            map_label_key: "cell_type".into(),
+            map_k: 10,
+            programs_resolution: 40.0,
+            programs_threshold: 0.5,
+            network: None,
+            markers: None,
+            net_view: {
+                let mut v = ScatterView::new();
+                v.label = "Gene network".into();
+                v.point_radius = 4.0;
+                v
+            },
+            net_points: None,
+            net_threshold: 0.5,
+            gene_query: String::new(),
             bench_truth: String::new(),
             bench_predicted: String::new(),
             bench_batch: String::new(),
@@ -495,6 +527,91 @@ impl CellforgeApp {
         });
     }
 
+    /// scGPT's preprocessing into layers (cells and genes kept).
+    pub fn run_preprocess(&mut self) {
+        let Some(d) = &self.dataset else { return };
+        let input = d.current.clone();
+        let Some(out) = self.next_path("preprocessed", "h5ad") else {
+            return;
+        };
+        let s = self.preprocess.clone();
+        self.start(JobKind::Preprocess, move |r| {
+            work::preprocess(input, out, s, r)
+        });
+    }
+
+    /// Labels from a reference dataset by similarity in the model's embedding.
+    pub fn run_map(&mut self) {
+        let (Some(d), Some(m)) = (&self.dataset, &self.model) else {
+            return;
+        };
+        let reference = PathBuf::from(self.map_reference.trim());
+        if !reference.is_file() {
+            self.error = Some(Failure::new(
+                "Pick the reference .h5ad to map from",
+                reference.display(),
+            ));
+            return;
+        }
+        let (query, model) = (d.current.clone(), m.dir.clone());
+        let Some(out) = self.next_path("mapped", "h5ad") else {
+            return;
+        };
+        let (key, k, dev) = (self.map_label_key.clone(), self.map_k, self.device());
+        self.start(JobKind::Map, move |r| {
+            work::map(query, reference, key, model, out, dev, k, r)
+        });
+    }
+
+    /// Gene programs and the gene similarity network from the model.
+    pub fn run_gene_programs(&mut self) {
+        let (Some(d), Some(m)) = (&self.dataset, &self.model) else {
+            return;
+        };
+        let (input, model) = (d.current.clone(), m.dir.clone());
+        let Some(out) = self.next_path("gene-programs", "h5ad") else {
+            return;
+        };
+        let (res, thr, dev) = (
+            self.programs_resolution,
+            self.programs_threshold,
+            self.device(),
+        );
+        self.start(JobKind::Programs, move |r| {
+            work::gene_programs(input, model, out, dev, res, thr, r)
+        });
+    }
+
+    /// Lays out the gene network of the current data.
+    pub fn run_network_layout(&mut self) {
+        let Some(d) = &self.dataset else { return };
+        let adata = d.adata.clone();
+        self.start(JobKind::Network, move |r| {
+            r.stage("UMAP of the gene similarity graph");
+            super::network::build(&adata, 0)
+                .map(|n| Output::Network(Box::new(n)))
+                .map_err(|e| Failure::new("Could not lay out the gene network", e))
+        });
+    }
+
+    /// Marker genes of the current selection against the other cells.
+    pub fn run_markers(&mut self) {
+        let Some(d) = &self.dataset else { return };
+        let adata = d.adata.clone();
+        let cells = self.scatter.selection().to_vec();
+        self.start(JobKind::Markers, move |r| work::markers(adata, cells, r));
+    }
+
+    /// The last marker genes found: (cells, genes best first).
+    pub fn markers(&self) -> Option<&(usize, Vec<String>)> {
+        self.markers.as_ref()
+    }
+
+    /// The laid-out gene network, when there is one.
+    pub fn network(&self) -> Option<&super::network::GeneNetwork> {
+        self.network.as_ref().map(|n| &n.1)
+    }
+
     /// Neighbours and UMAP on the chosen representation.
     pub fn run_umap(&mut self) {
         let Some(d) = &self.dataset else { return };
@@ -639,7 +756,18 @@ impl CellforgeApp {
                 ));
             }
             End::Failed(f) => self.error = Some(f),
-            End::Done(out) => self.accept(out),
+            End::Done(out) => {
+                self.accept(out);
+                if job.as_ref().is_some_and(|j| j.kind == JobKind::Programs) {
+                    self.tab = Tab::Genes;
+                    self.network = None;
+                    if let Some(j) = job {
+                        self.last_job = Some(j);
+                    }
+                    self.run_network_layout();
+                    return;
+                }
+            }
         }
         if let Some(j) = job
             && j.kind != JobKind::Load
@@ -729,6 +857,31 @@ impl CellforgeApp {
                 self.notice = Some(message);
             }
             Output::Exported { message, .. } => self.notice = Some(message),
+            Output::Markers { n_cells, genes } => {
+                self.notice = Some(format!(
+                    "Marker genes of {} selected cells: {}",
+                    n_cells,
+                    genes.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+                ));
+                self.markers = Some((n_cells, genes));
+            }
+            Output::Network(net) => {
+                let version = self.dataset.as_ref().map_or(0, |d| d.version);
+                self.net_threshold = net.default_threshold();
+                self.net_points = Some(Arc::new(ScatterPoints::new(
+                    net.positions.clone(),
+                    super::network::node_colors(&net),
+                )));
+                self.net_view.fit();
+                self.net_view.clear_selection();
+                self.notice = Some(format!(
+                    "Gene network: {} genes, {} programs, {} edges",
+                    net.genes.len(),
+                    net.program_names.len(),
+                    net.edges.len()
+                ));
+                self.network = Some((version, *net));
+            }
             Output::Metrics {
                 metrics,
                 description,
@@ -965,7 +1118,36 @@ impl CellforgeApp {
             }
             None => figure::color_by(data.color, n, Colormap::Viridis).0,
         };
-        let (colors, coloring) = point_colors(&colorby, &self.color_key, n);
+        let (colors, mut coloring) = point_colors(&colorby, &self.color_key, n);
+        if let Coloring::Categorical {
+            codes,
+            names,
+            confidence,
+            ..
+        } = &mut coloring
+            && let Some(Element::Dense(c)) = d
+                .adata
+                .obs
+                .column(&format!("{}_confidence", self.color_key))
+        {
+            let mut sum = vec![0.0f64; names.len()];
+            let mut cnt = vec![0usize; names.len()];
+            for (i, &k) in codes.iter().enumerate() {
+                if let (Ok(k), Some(v)) = (usize::try_from(k), c.data.get_f64(i))
+                    && k < names.len()
+                    && v.is_finite()
+                {
+                    sum[k] += v;
+                    cnt[k] += 1;
+                }
+            }
+            *confidence = Some(
+                sum.iter()
+                    .zip(&cnt)
+                    .map(|(s, &c)| if c > 0 { s / c as f64 } else { f64::NAN })
+                    .collect(),
+            );
+        }
         self.coloring = coloring;
         let positions = data.points;
         match &mut self.points {
@@ -1139,6 +1321,7 @@ fn point_colors(c: &ColorBy, key: &str, n: usize) -> (Vec<[u8; 4]>, Coloring) {
                     colors: colors.clone(),
                     counts,
                     codes: codes.clone(),
+                    confidence: None,
                 },
             )
         }
@@ -1445,6 +1628,40 @@ impl CellforgeApp {
             });
 
         let has_model = self.model.is_some();
+        egui::CollapsingHeader::new("Preprocess (optional)")
+            .default_open(false)
+            .show(ui, |ui| {
+                let mut layers: Vec<String> = a.layers.keys().cloned().collect();
+                layers.sort();
+                combo(ui, "Counts layer", &mut self.preprocess.layer, &layers, true);
+                ui.checkbox(&mut self.preprocess.normalize_total, "Normalise to 10,000 per cell");
+                ui.checkbox(&mut self.preprocess.log1p, "log1p");
+                labelled_drag(
+                    ui,
+                    "Highly variable genes",
+                    &mut self.preprocess.n_hvg,
+                    0..=20000,
+                    10.0,
+                    "How many genes to mark as highly variable (0: none); genes are marked, not removed.",
+                );
+                combo(ui, "HVG batch column", &mut self.preprocess.batch_key, &cats, true);
+                labelled_drag(
+                    ui,
+                    "Bins",
+                    &mut self.preprocess.n_bins,
+                    0..=201,
+                    1.0,
+                    "scGPT's value binning (51 in the tutorials; 0: none) into layers X_binned.",
+                );
+                if ui
+                    .add_enabled(!busy, egui::Button::new("Preprocess"))
+                    .on_hover_text("Writes layers X_normed, X_log1p, X_binned and var highly_variable; X is kept")
+                    .clicked()
+                {
+                    self.run_preprocess();
+                }
+            });
+
         egui::CollapsingHeader::new("1. Embed cells")
             .default_open(true)
             .show(ui, |ui| {
@@ -1561,6 +1778,64 @@ impl CellforgeApp {
                     .clicked()
                 {
                     self.run_annotate();
+                }
+            });
+
+        egui::CollapsingHeader::new("Map onto a reference")
+            .default_open(false)
+            .show(ui, |ui| {
+                let mut p = std::mem::take(&mut self.map_reference);
+                labelled_text(ui, "Reference", &mut p, 160.0);
+                self.map_reference = p;
+                if ui.button("Browse reference…").clicked()
+                    && let Some(f) = rfd::FileDialog::new()
+                        .add_filter("AnnData", &["h5ad"])
+                        .pick_file()
+                {
+                    self.map_reference = f.display().to_string();
+                }
+                labelled_text(ui, "Reference label column", &mut self.map_label_key, 110.0);
+                labelled_drag(
+                    ui,
+                    "Neighbours voting",
+                    &mut self.map_k,
+                    1..=100,
+                    1.0,
+                    "Each cell takes the majority label of this many most similar reference cells.",
+                );
+                if ui
+                    .add_enabled(!busy && has_model, egui::Button::new("Map onto reference"))
+                    .on_hover_text("Embeds reference and data with the open model; writes obs mapped_cell_type and its vote fraction")
+                    .clicked()
+                {
+                    self.run_map();
+                }
+            });
+
+        egui::CollapsingHeader::new("Gene programs")
+            .default_open(false)
+            .show(ui, |ui| {
+                labelled_drag(
+                    ui,
+                    "Program resolution",
+                    &mut self.programs_resolution,
+                    0.1..=200.0,
+                    1.0,
+                    "Leiden resolution on the genes (scGPT's GRN tutorial: 40); higher gives smaller programs.",
+                );
+                labelled_drag(
+                    ui,
+                    "Edge threshold",
+                    &mut self.programs_threshold,
+                    0.0..=0.99,
+                    0.01,
+                    "Keep gene pairs whose embeddings have at least this cosine similarity.",
+                );
+                if ui
+                    .add_enabled(!busy && has_model, egui::Button::new("Find gene programs"))
+                    .clicked()
+                {
+                    self.run_gene_programs();
                 }
             });
 
@@ -1820,6 +2095,32 @@ impl CellforgeApp {
                 });
             }
         }
+        ui.horizontal(|ui| {
+            let ok = self.job.is_none() && n_sel > 0;
+            if ui
+                .add_enabled(ok, egui::Button::new("Marker genes"))
+                .on_hover_text(
+                    "Genes that set the selected cells apart from all others (Wilcoxon rank-sum)",
+                )
+                .clicked()
+            {
+                self.run_markers();
+            }
+            if n_sel > 0 && ui.button("Clear selection").clicked() {
+                self.scatter.clear_selection();
+            }
+        });
+        if let Some((n, genes)) = &self.markers {
+            ui.weak(format!("Markers of {n} cells:"));
+            ui.label(
+                genes
+                    .iter()
+                    .take(15)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
         ui.separator();
         self.legend_ui(ui);
     }
@@ -1833,14 +2134,24 @@ impl CellforgeApp {
                 colors,
                 counts,
                 codes,
+                confidence,
             } => {
                 ui.strong(key);
+                if confidence.is_some() {
+                    ui.weak("(mean prediction confidence)");
+                }
                 egui::ScrollArea::vertical()
                     .id_salt("legend")
                     .show(ui, |ui| {
                         for (k, name) in names.iter().enumerate() {
                             let c = colors.get(k).copied().unwrap_or(figure::NA_COLOR);
-                            let text = format!("{name} ({})", counts.get(k).copied().unwrap_or(0));
+                            let mut text =
+                                format!("{name} ({})", counts.get(k).copied().unwrap_or(0));
+                            if let Some(c) = confidence.as_ref().and_then(|c| c.get(k))
+                                && c.is_finite()
+                            {
+                                text.push_str(&format!(" · {c:.2}"));
+                            }
                             ui.horizontal(|ui| {
                                 let (r, _) = ui.allocate_exact_size(
                                     egui::vec2(12.0, 12.0),
@@ -2288,6 +2599,150 @@ impl CellforgeApp {
         }
     }
 
+    fn genes_ui(&mut self, ui: &mut egui::Ui) {
+        let Some(d) = &self.dataset else { return };
+        let has = super::network::has_network(&d.adata);
+        let version = d.version;
+        if self.network.as_ref().is_some_and(|n| n.0 != version) && !has {
+            self.network = None;
+        }
+        if self.network.is_none() {
+            if has {
+                ui.label("The data holds a gene similarity network.");
+                if ui
+                    .add_enabled(
+                        self.job.is_none(),
+                        egui::Button::new("Show the gene network"),
+                    )
+                    .clicked()
+                {
+                    self.run_network_layout();
+                }
+            } else {
+                ui.label("Run Gene programs (steps panel) to see the model's gene network here.");
+            }
+            return;
+        }
+        let Some((_, net)) = &self.network else {
+            return;
+        };
+        let min = net.min_similarity;
+        let mut select: Option<usize> = None;
+        ui.horizontal(|ui| {
+            let l = ui.label("Similarity threshold");
+            ui.add(egui::Slider::new(&mut self.net_threshold, min..=1.0).step_by(0.01))
+                .labelled_by(l.id)
+                .on_hover_text("Edges join genes whose embeddings have at least this cosine similarity");
+            let r = labelled_text(ui, "Find gene", &mut self.gene_query, 90.0);
+            if (r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)))
+                || ui.button("Find").clicked()
+            {
+                match net.find(&self.gene_query) {
+                    Some(i) => select = Some(i),
+                    None => {
+                        self.error = Some(Failure::new(
+                            format!("{} is not in the network", self.gene_query.trim()),
+                            "genes outside the model's vocabulary or without similar genes are not shown",
+                        ))
+                    }
+                }
+            }
+            if ui.button("Fit").clicked() {
+                self.net_view.fit();
+            }
+        });
+        let edges = net.edges_above(self.net_threshold);
+        ui.label(format!(
+            "{} genes, {} programs, {} edges shown",
+            net.genes.len(),
+            net.program_names.len(),
+            edges.len()
+        ));
+        if let Some(i) = select {
+            let mut s = Selection::new(net.genes.len());
+            s.combine(super::selection::SelectMode::Replace, &[i as u32]);
+            self.net_view.set_selection(s);
+        }
+        let selected = self.net_view.selection().to_vec();
+        if let Some(&g) = selected.first() {
+            let g = g as usize;
+            let nb = net.neighbours(g, self.net_threshold);
+            ui.label(format!(
+                "{} (program {}): {}",
+                net.genes[g],
+                usize::try_from(net.programs[g])
+                    .ok()
+                    .and_then(|p| net.program_names.get(p))
+                    .map_or("none", String::as_str),
+                if nb.is_empty() {
+                    "no similar genes at this threshold".to_string()
+                } else {
+                    nb.iter()
+                        .take(12)
+                        .map(|(j, w)| format!("{} {w:.2}", net.genes[*j]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+        }
+        let Some(points) = self.net_points.clone() else {
+            return;
+        };
+        let r = scatter_ui(ui, &mut self.net_view, &points);
+        if let Some(v) = self.net_view.view() {
+            let painter = ui.painter_at(r.response.rect);
+            let stroke_color = if ui.visuals().dark_mode {
+                Color32::from_rgba_unmultiplied(200, 200, 200, 40)
+            } else {
+                Color32::from_rgba_unmultiplied(60, 60, 60, 40)
+            };
+            let pos = net.positions.as_slice();
+            let mut shapes = Vec::with_capacity(edges.len().min(50_000));
+            for &(a, b, _) in edges.iter().take(50_000) {
+                let (pa, pb) = (v.to_screen(pos[a as usize]), v.to_screen(pos[b as usize]));
+                shapes.push(egui::Shape::line_segment(
+                    [egui::pos2(pa[0], pa[1]), egui::pos2(pb[0], pb[1])],
+                    egui::Stroke::new(0.7, stroke_color),
+                ));
+            }
+            painter.extend(shapes);
+            // Names of the selected gene and its neighbours.
+            if let Some(&g) = selected.first() {
+                let font = egui::FontId::proportional(12.0);
+                let mut named = vec![g as usize];
+                named.extend(
+                    net.neighbours(g as usize, self.net_threshold)
+                        .iter()
+                        .take(12)
+                        .map(|x| x.0),
+                );
+                for i in named {
+                    let p = v.to_screen(pos[i]);
+                    painter.text(
+                        egui::pos2(p[0] + 5.0, p[1]),
+                        egui::Align2::LEFT_CENTER,
+                        &net.genes[i],
+                        font.clone(),
+                        ui.visuals().strong_text_color(),
+                    );
+                }
+            }
+        }
+        if let Some(i) = r.hovered {
+            let i = i as usize;
+            r.response.on_hover_ui_at_pointer(|ui| {
+                ui.strong(&net.genes[i]);
+                ui.label(format!(
+                    "program {}",
+                    usize::try_from(net.programs[i])
+                        .ok()
+                        .and_then(|p| net.program_names.get(p))
+                        .map_or("none", String::as_str)
+                ));
+            });
+        }
+    }
+
     fn job_ui(&mut self, ui: &mut egui::Ui) {
         if let Some(j) = &self.job {
             ui.horizontal(|ui| {
@@ -2476,6 +2931,7 @@ impl eframe::App for CellforgeApp {
                 ui.selectable_value(&mut self.tab, Tab::Cells, "Cells");
                 ui.selectable_value(&mut self.tab, Tab::Training, "Training");
                 ui.selectable_value(&mut self.tab, Tab::Benchmark, "Benchmark");
+                ui.selectable_value(&mut self.tab, Tab::Genes, "Genes");
                 ui.selectable_value(&mut self.tab, Tab::Summary, "Summary");
             });
             ui.separator();
@@ -2484,6 +2940,7 @@ impl eframe::App for CellforgeApp {
                 Tab::Cells => self.cells_ui(ui),
                 Tab::Training => self.training_ui(ui),
                 Tab::Benchmark => self.benchmark_ui(ui),
+                Tab::Genes => self.genes_ui(ui),
                 Tab::Summary => {
                     if let Some(d) = &self.dataset {
                         egui::ScrollArea::vertical().show(ui, |ui| {

@@ -23,6 +23,11 @@ pub enum JobKind {
     Annotate,
     Export,
     Metrics,
+    Preprocess,
+    Map,
+    Programs,
+    Network,
+    Markers,
 }
 
 impl JobKind {
@@ -36,6 +41,11 @@ impl JobKind {
             JobKind::Annotate => "Annotating cells",
             JobKind::Export => "Exporting",
             JobKind::Metrics => "Integration metrics",
+            JobKind::Preprocess => "Preprocessing",
+            JobKind::Map => "Reference mapping",
+            JobKind::Programs => "Gene programs",
+            JobKind::Network => "Laying out the gene network",
+            JobKind::Markers => "Marker genes of the selection",
         }
     }
 }
@@ -69,6 +79,10 @@ pub enum Output {
         metrics: Box<cellforge_core::analysis::integration::IntegrationMetrics>,
         description: String,
     },
+    /// Marker genes of the selected cells, best first.
+    Markers { n_cells: usize, genes: Vec<String> },
+    /// A laid-out gene network.
+    Network(Box<super::network::GeneNetwork>),
     /// A file written for the user.
     Exported { path: PathBuf, message: String },
 }

@@ -5,6 +5,7 @@
 mod app;
 pub mod bench;
 pub mod jobs;
+pub mod network;
 pub mod scatter;
 pub mod selection;
 pub mod work;
@@ -48,6 +49,7 @@ pub fn demo_model_path() -> Option<PathBuf> {
     candidates
         .into_iter()
         .find(|p| p.join("config.json").is_file())
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
 }
 
 /// Where the bundled demo dataset lives: next to the executable (installed layouts) or in the
@@ -66,5 +68,8 @@ pub fn demo_dataset_path() -> Option<PathBuf> {
             .join("../assets/demo")
             .join(name),
     );
-    candidates.into_iter().find(|p| p.is_file())
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
 }

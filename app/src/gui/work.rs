@@ -724,3 +724,234 @@ pub fn integration(
         ),
     })
 }
+
+/// Settings of the preprocess step (scGPT's chain; cells and genes are kept, so labels and
+/// embeddings stay aligned: highly variable genes are marked, not subset).
+#[derive(Clone, Debug)]
+pub struct PreprocessSettings {
+    /// Raw counts layer (`counts`) or X when empty.
+    pub layer: String,
+    pub normalize_total: bool,
+    pub log1p: bool,
+    /// 0: no highly variable gene selection.
+    pub n_hvg: usize,
+    pub batch_key: String,
+    pub n_bins: usize,
+}
+
+impl Default for PreprocessSettings {
+    fn default() -> Self {
+        Self {
+            layer: String::new(),
+            normalize_total: true,
+            log1p: true,
+            n_hvg: 1200,
+            batch_key: String::new(),
+            n_bins: 51,
+        }
+    }
+}
+
+pub fn preprocess(
+    input: PathBuf,
+    output: PathBuf,
+    s: PreprocessSettings,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    use cellforge_core::pp::{HvgFlavor, HvgOptions, PreprocessOptions, TargetSum};
+    let opts = PreprocessOptions {
+        layer: (!s.layer.is_empty()).then(|| s.layer.clone()),
+        normalize_total: s.normalize_total.then_some(TargetSum::Fixed(1e4)),
+        log1p: s.log1p,
+        hvg: (s.n_hvg > 0).then(|| HvgOptions {
+            n_top_genes: s.n_hvg,
+            flavor: if s.layer.is_empty() {
+                HvgFlavor::Seurat
+            } else {
+                HvgFlavor::SeuratV3
+            },
+            batch_key: (!s.batch_key.is_empty()).then(|| s.batch_key.clone()),
+            subset: false,
+            on_log1p: s.layer.is_empty(),
+            ..HvgOptions::default()
+        }),
+        n_bins: (s.n_bins > 1).then_some(s.n_bins),
+        ..PreprocessOptions::default()
+    };
+    let rep = cellforge_core::pp::preprocess_to_file(&input, &output, &opts, &mut |p| {
+        r.stage(format!("Preprocessing: {}", p.pass));
+        r.progress(p.rows_done as u64, p.rows_total as u64);
+        r.flow()
+    })
+    .map_err(|e| Failure::new("Preprocessing failed", e))?;
+    let msg = format!(
+        "Preprocessed ({}{}{}{})",
+        if s.normalize_total {
+            "normalised to 1e4"
+        } else {
+            "not normalised"
+        },
+        if s.log1p { ", log1p" } else { "" },
+        if s.n_hvg > 0 {
+            format!(", {} highly variable genes marked", s.n_hvg)
+        } else {
+            String::new()
+        },
+        if s.n_bins > 1 {
+            format!(", {} bins", s.n_bins)
+        } else {
+            String::new()
+        }
+    );
+    for n in &rep.notes {
+        r.log(n.clone());
+    }
+    r.log(msg.clone());
+    dataset_output(output, msg, r)
+}
+
+/// Reference mapping: each cell gets the majority label of the most similar reference cells.
+pub fn map(
+    query: PathBuf,
+    reference: PathBuf,
+    label_key: String,
+    model_dir: PathBuf,
+    output: PathBuf,
+    device: DeviceRequest,
+    k: usize,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    use cellforge_core::tl::annotate::{MapRequest, run_map};
+    let req = MapRequest {
+        reference,
+        label_key: label_key.clone(),
+        query: AnnotateRequest {
+            model_dir,
+            query,
+            output: output.clone(),
+            layer: None,
+            gene_col: GeneColumn::Index,
+            key_added: "mapped_cell_type".into(),
+            min_confidence: 0.0,
+            device,
+            batch_size: 64,
+            seed: 0,
+        },
+        k: k.max(1),
+        max_length: EmbedOptions::default().max_length,
+    };
+    r.stage("Embedding the reference and the query");
+    let s = run_map(&req, &mut |e| {
+        match e {
+            AnnotateEvent::Device(d) => r.log(format!("device: {d}")),
+            AnnotateEvent::Progress { done, total } => r.progress(done as u64, total as u64),
+            AnnotateEvent::Writing => r.stage("Writing"),
+        }
+        r.flow()
+    })
+    .map_err(|e| match e {
+        TrainError::Cancelled => Failure::new("Cancelled", ""),
+        e => Failure::new("Reference mapping failed", e),
+    })?;
+    let msg = format!(
+        "Mapped {} cells onto the reference's {label_key} (obs mapped_cell_type)",
+        cellforge_core::fmt::thousands(s.n_cells as u64)
+    );
+    r.log(msg.clone());
+    dataset_output(output, msg, r)
+}
+
+/// Gene programs from the model's gene embeddings (`var["gene_program"]`,
+/// `varm["gene_embedding"]`, `varp["gene_similarity"]`, per-cell scores).
+pub fn gene_programs(
+    input: PathBuf,
+    model_dir: PathBuf,
+    output: PathBuf,
+    device: DeviceRequest,
+    resolution: f64,
+    threshold: f32,
+    r: &Reporter,
+) -> Result<Output, Failure> {
+    use cellforge_core::tl::genes::{GeneProgramsRequest, ProgramParams, run_gene_programs};
+    let req = GeneProgramsRequest {
+        model_dir,
+        input,
+        output: output.clone(),
+        gene_col: GeneColumn::Index,
+        gene_mask: None,
+        layer: None,
+        programs: ProgramParams {
+            resolution,
+            ..ProgramParams::default()
+        },
+        threshold,
+        query_genes: Vec::new(),
+        top: 10,
+        attention: None,
+        device,
+    };
+    r.stage("Gene embeddings and programs");
+    let s = run_gene_programs(&req, &mut |done, total| {
+        r.progress(done as u64, total as u64);
+        r.flow()
+    })
+    .map_err(|e| Failure::new("Gene programs failed", e))?;
+    let msg = format!(
+        "{} gene programs over {} genes, {} similarity edges (var gene_program)",
+        s.programs.len(),
+        s.n_genes,
+        s.n_edges
+    );
+    r.log(msg.clone());
+    dataset_output(output, msg, r)
+}
+
+/// Marker genes of a selection of cells against all other cells (Wilcoxon, as scanpy's
+/// `rank_genes_groups` with `reference="rest"`), best first.
+pub fn markers(adata: Arc<AnnData>, cells: Vec<u32>, r: &Reporter) -> Result<Output, Failure> {
+    use cellforge_core::tl::analyze::{DeParams, rank_genes_groups};
+    let n = adata.n_obs();
+    if cells.is_empty() || cells.len() >= n {
+        return Err(Failure::new(
+            "Select some cells (not all) to find their marker genes",
+            format!("{} of {n} cells selected", cells.len()),
+        ));
+    }
+    r.stage(format!("Ranking genes of {} selected cells", cells.len()));
+    let mut a = (*adata).clone();
+    let mut inside = vec![false; n];
+    for &c in &cells {
+        if let Some(x) = inside.get_mut(c as usize) {
+            *x = true;
+        }
+    }
+    let labels: Vec<Option<&str>> = inside
+        .iter()
+        .map(|&x| Some(if x { "selected" } else { "rest" }))
+        .collect();
+    let key = "cellforge_selection";
+    a.obs
+        .set_column(key, Element::Categorical(Categorical::from_labels(&labels)));
+    let s = rank_genes_groups(
+        &mut a,
+        &DeParams {
+            groupby: key.into(),
+            groups: Some(vec!["selected".into()]),
+            reference: Some("rest".into()),
+            n_genes: 25,
+            key_added: "cellforge_selection_markers".into(),
+            ..DeParams::default()
+        },
+    )
+    .map_err(|e| Failure::new("Could not rank the genes", e))?;
+    let genes = s
+        .top
+        .into_iter()
+        .find(|(g, _)| g == "selected")
+        .map(|x| x.1)
+        .unwrap_or_default();
+    Ok(Output::Markers {
+        n_cells: cells.len(),
+        genes,
+    })
+}
