@@ -4,6 +4,7 @@ use cellforge::{cli, gui};
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    gui::mark_process_start();
     cellforge_core::sys::tune_allocator();
     let args = cli::Cli::parse();
     match args.command {

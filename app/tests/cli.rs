@@ -128,7 +128,9 @@ fn inspect_describes_the_demo_dataset() {
 }
 
 /// Every file of the broken corpus gets a message naming the problem and a failing exit code
-/// (or, for content problems such as NaN, a warning), never a panic.
+/// (or, for content problems such as NaN, a warning), never a panic; `convert` (read, then
+/// write) never panics either, and succeeds on the files that open.
+/// Protection pinned: malformed input is refused with a typed, named error (no panic/abort).
 #[test]
 fn broken_files_get_clear_errors_and_never_panic() {
     let dir = repo_root().join("tests/fixtures/broken");
@@ -169,6 +171,20 @@ fn broken_files_get_clear_errors_and_never_panic() {
                 "{name}: expected {kind} mentioning one of {needles:?}, got exit {:?}: {t}",
                 o.status.code()
             ));
+        }
+        let out = tempfile::tempdir().expect("tempdir");
+        let target = out.path().join("converted.h5ad");
+        let c = cellforge(&[
+            "convert".as_ref(),
+            path.as_os_str(),
+            "--output".as_ref(),
+            target.as_os_str(),
+        ]);
+        let ct = text(&c);
+        if ct.to_lowercase().contains("panicked") || c.status.code().is_none_or(|c| c == 101) {
+            failures.push(format!("{name}: convert crashed: {ct}"));
+        } else if kind != "error" && !c.status.success() {
+            failures.push(format!("{name}: convert failed on a file that opens: {ct}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -62,6 +62,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let mut last_print = std::time::Instant::now();
+    let mut batch_now = req.options.batch_size;
     let summary = run_embed(&req, &mut |ev| {
         match ev {
             EmbedEvent::Device(d) => eprintln!("device: {d}"),
@@ -70,6 +71,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             }
             EmbedEvent::GenesMatched(m, vocab) => eprintln!("genes: {}", m.render(vocab)),
             EmbedEvent::Progress(p) => {
+                if p.batch_size < batch_now {
+                    batch_now = p.batch_size;
+                    eprintln!(
+                        "{}the device ran out of memory: continuing with {} cells per batch",
+                        if tty { "\n" } else { "" },
+                        p.batch_size
+                    );
+                }
                 let final_one = p.cells_done == p.cells_total;
                 if final_one || last_print.elapsed().as_millis() >= 500 {
                     last_print = std::time::Instant::now();

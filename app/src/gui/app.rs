@@ -181,6 +181,7 @@ pub struct CellforgeApp {
     rename_from: String,
 
     startup: Startup,
+    frames: u64,
     /// Frames waited after start-up before the screenshot is requested.
     screenshot_wait: u32,
     pub preprocess: work::PreprocessSettings,
@@ -245,6 +246,7 @@ impl CellforgeApp {
             edit_column: None,
             rename_from: String::new(),
             startup: Startup::default(),
+            frames: 0,
             screenshot_wait: 0,
             preprocess: work::PreprocessSettings::default(),
             map_reference: String::new(),
@@ -2889,6 +2891,18 @@ impl eframe::App for CellforgeApp {
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.frames += 1;
+        if self.frames == 2
+            && let Ok(v) = std::env::var("CELLFORGE_STARTUP_TRACE")
+        {
+            // The second call: the first frame has been presented by then.
+            if let Some(ms) = super::ms_since_start() {
+                eprintln!("first frame after {ms:.0} ms");
+            }
+            if v == "exit" {
+                ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
+            }
+        }
         egui::Panel::top("menu").show(ui, |ui| self.menu_ui(ui));
         egui::Panel::bottom("status").show(ui, |ui| {
             if let Some(f) = self.error.clone() {

@@ -13,6 +13,23 @@ pub mod work;
 pub use app::{CellforgeApp, Startup, StartupStep, Tab, default_export_path};
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+static PROCESS_START: OnceLock<Instant> = OnceLock::new();
+
+/// Marks the process start, for the cold-start measurement (`CELLFORGE_STARTUP_TRACE=1`
+/// prints the time to the first frame; `=exit` also quits after it).
+pub fn mark_process_start() {
+    let _ = PROCESS_START.set(Instant::now());
+}
+
+/// Milliseconds since [`mark_process_start`].
+pub fn ms_since_start() -> Option<f64> {
+    PROCESS_START
+        .get()
+        .map(|t| t.elapsed().as_secs_f64() * 1000.0)
+}
 
 /// Opens the main window and runs until it is closed.
 pub fn run(startup: Startup) -> anyhow::Result<()> {

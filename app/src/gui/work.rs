@@ -182,6 +182,7 @@ pub fn embed(
         },
     };
     r.stage("Loading the model");
+    let mut batch_now = req.options.batch_size;
     let summary = run_embed(&req, &mut |e| {
         match e {
             EmbedEvent::Device(d) => r.log(format!("device: {d}")),
@@ -190,7 +191,16 @@ pub fn embed(
                 r.log(format!("genes: {}", m.render(vocab)));
                 r.stage("Embedding");
             }
-            EmbedEvent::Progress(p) => r.progress(p.cells_done as u64, p.cells_total as u64),
+            EmbedEvent::Progress(p) => {
+                if p.batch_size < batch_now {
+                    batch_now = p.batch_size;
+                    r.log(format!(
+                        "the device ran out of memory: continuing with {} cells per batch",
+                        p.batch_size
+                    ));
+                }
+                r.progress(p.cells_done as u64, p.cells_total as u64)
+            }
             EmbedEvent::Writing => r.stage("Writing"),
         }
         r.flow()

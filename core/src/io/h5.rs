@@ -340,14 +340,17 @@ pub(crate) fn read_strings(c: &Container, element: &str) -> Result<Vec<String>> 
             .read_raw::<VarLenUnicode>()
             .at(element)?
             .into_iter()
-            .map(|s| s.as_str().to_string())
+            // hdf5's `as_str` trusts the file to hold UTF-8 (it does not check): a corrupt or
+            // mislabelled string would become an invalid Rust string. Decode the bytes
+            // instead, replacing invalid sequences with U+FFFD (as fixed-length strings are).
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
             .collect()),
         Kind::VarString { utf8: false } => Ok(c
             .as_reader()
             .read_raw::<VarLenAscii>()
             .at(element)?
             .into_iter()
-            .map(|s| s.as_str().to_string())
+            .map(|s| String::from_utf8_lossy(s.as_bytes()).into_owned())
             .collect()),
         Kind::FixedString { len } => {
             let dtype = c.dtype().at(element)?;

@@ -51,30 +51,44 @@ pub fn write_h5ad(adata: &AnnData, path: &Path, opts: &WriteOptions) -> Result<(
         .suffix(".h5ad.partial")
         .tempfile_in(&dir)
         .map_err(|e| {
-            write_err(format!(
-                "cannot create a temporary file in {}: {e}",
-                dir.display()
-            ))
+            let why = if e.kind() == std::io::ErrorKind::PermissionDenied {
+                format!(
+                    "permission denied: cellforge may not create files in {} ({e}). Nothing \
+                     was written; {UNCHANGED}",
+                    dir.display()
+                )
+            } else {
+                format!(
+                    "cannot create a temporary file in {}: {e}. {UNCHANGED_CAP}",
+                    dir.display()
+                )
+            };
+            write_err(why)
         })?;
     let tmp_path = tmp.path().to_path_buf();
-    {
+    // Any failure below leaves the temporary file to be removed by `tmp`'s drop and the
+    // destination untouched; the error says so, and names a full disk when that is the cause.
+    let written = (|| -> Result<()> {
         let file = hdf5::File::create(&tmp_path)
             .map_err(|e| write_err(format!("cannot create the HDF5 file: {e}")))?;
         write_root(&file, adata, opts)?;
         file.flush()
-            .map_err(|e| write_err(format!("flushing failed (disk full?): {e}")))?;
+            .map_err(|e| write_err(format!("flushing failed: {e}")))?;
         file.close()
-            .map_err(|e| write_err(format!("closing failed (disk full?): {e}")))?;
+            .map_err(|e| write_err(format!("closing failed: {e}")))?;
+        let handle = std::fs::File::open(&tmp_path).map_err(|e| H5adError::Io {
+            path: tmp_path.clone(),
+            source: e,
+        })?;
+        handle.sync_all().map_err(|e| H5adError::Io {
+            path: tmp_path.clone(),
+            source: e,
+        })?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        return Err(explain_write_failure(path, e));
     }
-    let handle = std::fs::File::open(&tmp_path).map_err(|e| H5adError::Io {
-        path: tmp_path.clone(),
-        source: e,
-    })?;
-    handle.sync_all().map_err(|e| H5adError::Io {
-        path: tmp_path.clone(),
-        source: e,
-    })?;
-    drop(handle);
     tmp.persist(path).map_err(|e| {
         write_err(format!(
             "renaming the finished file into place failed: {}",
@@ -86,6 +100,45 @@ pub fn write_h5ad(adata: &AnnData, path: &Path, opts: &WriteOptions) -> Result<(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+const UNCHANGED: &str = "an existing file at this path is unchanged";
+const UNCHANGED_CAP: &str = "Nothing was replaced: an existing file at this path is unchanged";
+
+/// A write failure in words: a full disk or a file-size limit is named as such, and every
+/// message says the destination was not touched.
+fn explain_write_failure(path: &Path, e: H5adError) -> H5adError {
+    let detail = match &e {
+        H5adError::Write { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    let io_kind = match &e {
+        H5adError::Io { source, .. } => source.raw_os_error(),
+        _ => None,
+    };
+    let full = io_kind == Some(libc::ENOSPC)
+        || detail.contains("No space left on device")
+        || detail.contains("errno = 28");
+    let too_big = io_kind == Some(libc::EFBIG)
+        || detail.contains("File too large")
+        || detail.contains("errno = 27");
+    let message = if full {
+        format!(
+            "the disk is full. {UNCHANGED_CAP}; free some space or choose another folder. \
+             (detail: {detail})"
+        )
+    } else if too_big {
+        format!(
+            "the file system refused a file this large (a file-size limit or quota). \
+             {UNCHANGED_CAP}. (detail: {detail})"
+        )
+    } else {
+        format!("{detail}. {UNCHANGED_CAP}")
+    };
+    H5adError::Write {
+        path: path.to_path_buf(),
+        message,
+    }
 }
 
 fn write_root(file: &hdf5::File, a: &AnnData, opts: &WriteOptions) -> Result<()> {

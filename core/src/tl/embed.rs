@@ -26,6 +26,9 @@ pub struct EmbedOptions {
     pub seed: u64,
     /// Rows of X read at once.
     pub chunk_rows: usize,
+    /// Fault injection for tests: a forward pass over more cells than this fails as if the
+    /// device had run out of memory (the same path a real allocation failure takes).
+    pub simulate_oom_above: Option<usize>,
 }
 
 impl Default for EmbedOptions {
@@ -35,8 +38,28 @@ impl Default for EmbedOptions {
             batch_size: 64,
             seed: 0,
             chunk_rows: 4096,
+            simulate_oom_above: None,
         }
     }
+}
+
+/// Whether a panic raised by the backend during a forward pass is an allocation failure
+/// (cubecl/burn report device out-of-memory by panicking; CUDA says
+/// `CUDA_ERROR_OUT_OF_MEMORY`, wgpu "out of memory" / "OutOfMemory").
+pub fn is_oom_message(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out of memory")
+        || m.contains("outofmemory")
+        || m.contains("out_of_memory")
+        || m.contains("failed to allocate")
+        || m.contains("allocation failed")
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +87,13 @@ pub enum EmbedError {
     Cancelled,
     #[error("reading the model output: {0}")]
     Output(String),
+    #[error(
+        "the device ran out of memory even with one cell per batch ({0}); try --device cpu or \
+         a smaller --max-length"
+    )]
+    OutOfMemory(String),
+    #[error("the compute backend failed: {0}")]
+    Backend(String),
 }
 
 /// Progress of an embedding run.
@@ -72,6 +102,8 @@ pub struct EmbedProgress {
     pub cells_done: usize,
     pub cells_total: usize,
     pub elapsed_s: f64,
+    /// Cells per forward pass now: lower than asked after the device ran out of memory.
+    pub batch_size: usize,
 }
 
 /// Embeddings and what happened on the way.
@@ -222,7 +254,7 @@ pub fn embed_backed<B: Backend>(
     let mut truncated_cells = 0;
     let mut tokens = 0u64;
     let mut done = 0usize;
-    let batch_size = opts.batch_size.max(1);
+    let mut batch_size = opts.batch_size.max(1);
     for chunk in backed.chunks(opts.chunk_rows.max(1)) {
         let (rows, chunk) = chunk?;
         let csr = chunk.into_csr();
@@ -241,24 +273,52 @@ pub fn embed_backed<B: Backend>(
         truncated_cells += truncated;
         // Similar lengths together: less padding, same results (cells are independent).
         cells.sort_by_key(|(_, t)| std::cmp::Reverse(t.genes.len()));
-        for group in cells.chunks(batch_size) {
+        let mut at = 0;
+        while at < cells.len() {
+            let group = &cells[at..(at + batch_size).min(cells.len())];
             let refs: Vec<&CellTokens> = group.iter().map(|(_, t)| t).collect();
+            // A failed allocation panics inside the backend: catch it, halve the batch and
+            // try the same cells again (results do not depend on the batch: cells are
+            // independent), down to one cell per batch.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if opts.simulate_oom_above.is_some_and(|m| refs.len() > m) {
+                    panic!(
+                        "injected fault: out of memory allocating a batch of {} cells",
+                        refs.len()
+                    );
+                }
+                let batch = make_batch::<B>(&refs, pad_id, config.pad_value, device);
+                let emb = l2_normalize(model.embed_cells(&batch)?);
+                emb.into_data()
+                    .convert::<f32>()
+                    .into_vec::<f32>()
+                    .map_err(|e| EmbedError::Output(format!("{e:?}")))
+            }));
+            let host = match attempt {
+                Ok(r) => r?,
+                Err(p) => {
+                    let msg = panic_text(p.as_ref());
+                    if !is_oom_message(&msg) {
+                        return Err(EmbedError::Backend(msg));
+                    }
+                    if batch_size == 1 {
+                        return Err(EmbedError::OutOfMemory(msg));
+                    }
+                    batch_size = (batch_size / 2).max(1);
+                    continue;
+                }
+            };
             tokens += refs.iter().map(|t| t.genes.len() as u64).sum::<u64>();
-            let batch = make_batch::<B>(&refs, pad_id, config.pad_value, device);
-            let emb = l2_normalize(model.embed_cells(&batch)?);
-            let host = emb
-                .into_data()
-                .convert::<f32>()
-                .into_vec::<f32>()
-                .map_err(|e| EmbedError::Output(format!("{e:?}")))?;
             for (i, (row, _)) in group.iter().enumerate() {
                 out[row * d..(row + 1) * d].copy_from_slice(&host[i * d..(i + 1) * d]);
             }
+            at += group.len();
             done += group.len();
             let p = EmbedProgress {
                 cells_done: done,
                 cells_total: n_cells,
                 elapsed_s: start.elapsed().as_secs_f64(),
+                batch_size,
             };
             if progress(p).is_break() {
                 return Err(EmbedError::Cancelled);
