@@ -51,6 +51,12 @@ fn click(h: &mut Harness<'static, CellforgeApp>, label: &str) {
     h.run_steps(1);
 }
 
+/// Presses the job bar's Cancel at once (the bar does not scroll).
+fn cancel(h: &mut Harness<'static, CellforgeApp>) {
+    h.get_by_label("Cancel").click();
+    h.run_steps(1);
+}
+
 fn open_demo_with_model(h: &mut Harness<'static, CellforgeApp>) {
     h.run_steps(2);
     click(h, "Open the demo");
@@ -264,6 +270,27 @@ fn open_embed_umap_finetune_annotate_relabel_undo_export() {
     assert!((c.report.accuracy - expected).abs() < 1e-12);
     assert!(c.names.iter().any(|n| n == "Curated T"));
     h.get_by_label_contains(&format!("Accuracy {expected:.3}"));
+    // Figures and tables land next to the export path.
+    h.state_mut().export_path = tmp.path().join("demo_annotated.h5ad").display().to_string();
+    h.run_steps(1);
+    click(&mut h, "Save confusion matrix (PNG + SVG)");
+    click(&mut h, "Save tables (CSV) and confusion matrix (SVG)");
+    let png = std::fs::read(tmp.path().join("demo_annotated_confusion.png")).expect("png");
+    assert!(png.starts_with(b"\x89PNG"));
+    let csv = std::fs::read_to_string(tmp.path().join("demo_annotated_scores.csv")).expect("csv");
+    assert!(
+        csv.starts_with("class,precision,recall,f1,support\n"),
+        "{csv}"
+    );
+    assert!(csv.contains("Curated T,"), "{csv}");
+    click(&mut h, "Training");
+    click(&mut h, "Save curves (PNG + SVG)");
+    for f in ["training_loss.png", "training_loss.svg", "validation.png"] {
+        assert!(
+            tmp.path().join(format!("demo_annotated_{f}")).is_file(),
+            "{f}"
+        );
+    }
     click(&mut h, "Embedding");
 
     // Export under a new name (the opened demo is never written).
@@ -330,7 +357,7 @@ fn a_cancelled_job_changes_nothing() {
     click(&mut h, "Embed cells");
     h.run_steps(1);
     assert!(h.state().is_busy());
-    click(&mut h, "Cancel");
+    cancel(&mut h);
     wait_idle(&mut h, "cancelling", 120);
     h.get_by_label_contains("Embedding cells was cancelled; nothing was changed.");
     assert!(
@@ -390,6 +417,15 @@ fn gene_programs_and_the_gene_network() {
     click(&mut h, "Find");
     h.run_steps(2);
     h.get_by_label_contains(&format!("{gene} (program"));
+    h.state_mut().export_path = tmp.path().join("demo.h5ad").display().to_string();
+    click(&mut h, "Save network (PNG + SVG)");
+    let svg = std::fs::read_to_string(tmp.path().join("demo_gene_network.svg")).expect("svg");
+    assert!(
+        svg.contains(&format!(">{gene}</text>")),
+        "the searched gene is named"
+    );
+    assert!(svg.matches("<circle").count() == net.genes.len());
+    assert!(tmp.path().join("demo_gene_network.png").is_file());
     if let Some(path) = std::env::var_os("CELLFORGE_NETWORK_SCREENSHOT") {
         let image = h.render().expect("render with wgpu");
         image.save(&path).expect("save screenshot");

@@ -25,6 +25,7 @@
 //! * PNG output is limited to [`MAX_PIXELS`] (100 megapixels).
 
 mod palettes;
+pub mod sketch;
 
 use std::fmt::Write as _;
 use std::io::{self, Write as _};

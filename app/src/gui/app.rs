@@ -103,6 +103,9 @@ pub struct Settings {
 
 const SETTINGS_KEY: &str = "cellforge-settings";
 
+/// Training loss per step and `(epoch, validation loss, accuracy)` per epoch.
+type Curves = (Vec<[f64; 2]>, Vec<(usize, f64, Option<f64>)>);
+
 /// A fine-tuned model made in this session.
 pub struct Tuned {
     pub dir: PathBuf,
@@ -151,6 +154,8 @@ pub struct CellforgeApp {
     job: Option<Job>,
     /// The last finished job's log and curves, shown after it ends.
     last_job: Option<Job>,
+    /// Loss per step and validation per epoch of the last fine-tune that finished.
+    tuned_curves: Option<Curves>,
     error: Option<Failure>,
     notice: Option<String>,
     tab: Tab,
@@ -222,6 +227,7 @@ impl CellforgeApp {
             work_root: None,
             job: None,
             last_job: None,
+            tuned_curves: None,
             error: None,
             notice: None,
             tab: Tab::Embedding,
@@ -340,6 +346,11 @@ impl CellforgeApp {
     /// True once the scatter can answer lasso/box selections.
     pub fn scatter_ready(&mut self) -> bool {
         self.points.is_some() && self.scatter.index().is_some()
+    }
+
+    /// `(done, total)` of the running job, when it reports progress.
+    pub fn job_progress(&self) -> Option<(u64, u64)> {
+        self.job.as_ref().and_then(|j| j.progress)
     }
 
     /// Cell types of the model fine-tuned in this session.
@@ -746,6 +757,29 @@ impl CellforgeApp {
         });
     }
 
+    /// Writes a figure as `<base>.png` (300 dpi) and `<base>.svg`, next to the export path.
+    fn save_figure(&mut self, sketch: &figure::sketch::Sketch, suffix: &str) {
+        let base = Path::new(self.export_path.trim()).with_extension("");
+        let stem = format!("{}_{suffix}", base.display());
+        let png = match sketch.to_png(300.0) {
+            Ok(b) => b,
+            Err(e) => {
+                self.error = Some(Failure::new("Could not draw the figure", e));
+                return;
+            }
+        };
+        for (path, bytes) in [
+            (format!("{stem}.png"), png),
+            (format!("{stem}.svg"), sketch.to_svg().into_bytes()),
+        ] {
+            if let Err(e) = figure::write_atomic(&path, &bytes) {
+                self.error = Some(Failure::new(format!("Could not write {path}"), e));
+                return;
+            }
+        }
+        self.notice = Some(format!("Saved {stem}.png and {stem}.svg"));
+    }
+
     fn poll_job(&mut self) {
         let Some(job) = self.job.as_mut() else { return };
         let Some(end) = job.poll() else { return };
@@ -759,6 +793,9 @@ impl CellforgeApp {
             }
             End::Failed(f) => self.error = Some(f),
             End::Done(out) => {
+                if let Some(j) = job.as_ref().filter(|j| j.kind == JobKind::Finetune) {
+                    self.tuned_curves = Some((j.losses.clone(), j.valid.clone()));
+                }
                 self.accept(out);
                 if job.as_ref().is_some_and(|j| j.kind == JobKind::Programs) {
                     self.tab = Tab::Genes;
@@ -802,6 +839,11 @@ impl CellforgeApp {
                 self.work = None;
                 self.labels = None;
                 self.tuned = None;
+                self.tuned_curves = None;
+                self.comparison = None;
+                self.integration = None;
+                self.network = None;
+                self.markers = None;
                 self.table = None;
                 self.scatter.clear_selection();
                 self.basis.clear();
@@ -2425,16 +2467,23 @@ impl CellforgeApp {
                 if h.early_stopped { " (stopped early)" } else { "" }
             ));
         }
-        let Some(j) = job else {
-            ui.label("Loss and accuracy curves appear here while a model is fine-tuned.");
-            return;
+        // The running fine-tune's curves, else those of the last one that finished.
+        let (losses, valid) = match (job, &self.tuned_curves) {
+            (Some(j), _) => (j.losses.clone(), j.valid.clone()),
+            (None, Some(c)) => c.clone(),
+            (None, None) => {
+                ui.label("Loss and accuracy curves appear here while a model is fine-tuned.");
+                return;
+            }
         };
         use egui_plot::{Legend, Line, Plot, PlotPoints};
-        ui.label("Training loss per step; validation loss and accuracy per epoch.");
-        let losses = j.losses.clone();
-        let vloss: Vec<[f64; 2]> = j.valid.iter().map(|v| [(v.0 + 1) as f64, v.1]).collect();
-        let vacc: Vec<[f64; 2]> = j
-            .valid
+        let mut save = false;
+        ui.horizontal(|ui| {
+            ui.label("Training loss per step; validation loss and accuracy per epoch.");
+            save = ui.button("Save curves (PNG + SVG)").clicked();
+        });
+        let vloss: Vec<[f64; 2]> = valid.iter().map(|v| [(v.0 + 1) as f64, v.1]).collect();
+        let vacc: Vec<[f64; 2]> = valid
             .iter()
             .filter_map(|v| v.2.map(|a| [(v.0 + 1) as f64, a * 100.0]))
             .collect();
@@ -2444,16 +2493,41 @@ impl CellforgeApp {
             .height(h)
             .x_axis_label("step")
             .show(ui, |p| {
-                p.line(Line::new("training loss", PlotPoints::from(losses)));
+                p.line(Line::new("training loss", PlotPoints::from(losses.clone())));
             });
         Plot::new("valid")
             .legend(Legend::default())
             .height(h)
             .x_axis_label("epoch")
             .show(ui, |p| {
-                p.line(Line::new("validation loss", PlotPoints::from(vloss)));
-                p.line(Line::new("validation accuracy (%)", PlotPoints::from(vacc)));
+                p.line(Line::new(
+                    "validation loss",
+                    PlotPoints::from(vloss.clone()),
+                ));
+                p.line(Line::new(
+                    "validation accuracy (%)",
+                    PlotPoints::from(vacc.clone()),
+                ));
             });
+        if save {
+            let train = figure::sketch::line_chart(
+                "Fine-tuning: training loss",
+                "step",
+                "loss",
+                &[("training loss", &losses, [31, 119, 180, 255])],
+            );
+            let valid = figure::sketch::line_chart(
+                "Fine-tuning: validation",
+                "epoch",
+                "loss / accuracy (%)",
+                &[
+                    ("validation loss", &vloss, [255, 127, 14, 255]),
+                    ("accuracy (%)", &vacc, [44, 160, 44, 255]),
+                ],
+            );
+            self.save_figure(&train, "training_loss");
+            self.save_figure(&valid, "validation");
+        }
     }
 
     /// Compares `bench_predicted` with `bench_truth` (the Benchmark tab's "Compare").
@@ -2569,7 +2643,7 @@ impl CellforgeApp {
                 ui.ctx().copy_text(super::bench::integration_csv(m));
             }
         }
-        if let Some(Ok(c)) = &self.comparison {
+        if let Some(Ok(c)) = self.comparison.clone() {
             ui.separator();
             ui.horizontal(|ui| {
                 let base = Path::new(self.export_path.trim()).with_extension("");
@@ -2581,7 +2655,10 @@ impl CellforgeApp {
                     let files = [
                         (format!("{stem}_scores.csv"), c.table_csv()),
                         (format!("{stem}_confusion.csv"), c.confusion_csv()),
-                        (format!("{stem}_confusion.svg"), c.confusion_svg()),
+                        (
+                            format!("{stem}_confusion.svg"),
+                            c.confusion_figure().to_svg(),
+                        ),
                     ];
                     let mut saved = Vec::new();
                     for (p, text) in files {
@@ -2596,6 +2673,10 @@ impl CellforgeApp {
                     if !saved.is_empty() {
                         self.notice = Some(format!("Saved {}", saved.join(", ")));
                     }
+                }
+                if ui.button("Save confusion matrix (PNG + SVG)").clicked() {
+                    let sk = c.confusion_figure();
+                    self.save_figure(&sk, "confusion");
                 }
             });
         }
@@ -2630,6 +2711,7 @@ impl CellforgeApp {
         };
         let min = net.min_similarity;
         let mut select: Option<usize> = None;
+        let mut save_net = false;
         ui.horizontal(|ui| {
             let l = ui.label("Similarity threshold");
             ui.add(egui::Slider::new(&mut self.net_threshold, min..=1.0).step_by(0.01))
@@ -2652,6 +2734,9 @@ impl CellforgeApp {
             if ui.button("Fit").clicked() {
                 self.net_view.fit();
             }
+            if ui.button("Save network (PNG + SVG)").clicked() {
+                save_net = true;
+            }
         });
         let edges = net.edges_above(self.net_threshold);
         ui.label(format!(
@@ -2666,6 +2751,20 @@ impl CellforgeApp {
             self.net_view.set_selection(s);
         }
         let selected = self.net_view.selection().to_vec();
+        if save_net {
+            let mut named: Vec<usize> = selected.iter().map(|&g| g as usize).collect();
+            if let Some(&g) = selected.first() {
+                named.extend(
+                    net.neighbours(g as usize, self.net_threshold)
+                        .iter()
+                        .take(12)
+                        .map(|x| x.0),
+                );
+            }
+            let sk = net.figure(self.net_threshold, &named);
+            self.save_figure(&sk, "gene_network");
+            return;
+        }
         if let Some(&g) = selected.first() {
             let g = g as usize;
             let nb = net.neighbours(g, self.net_threshold);

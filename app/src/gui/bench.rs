@@ -113,68 +113,69 @@ impl Comparison {
         s
     }
 
-    /// The confusion matrix as an SVG heatmap (row-normalised colour, counts written in).
-    pub fn confusion_svg(&self) -> String {
+    /// The confusion matrix as a figure: a heatmap normalised per true class (row), with the
+    /// counts written in, truth down the side and predictions along the top.
+    pub fn confusion_figure(&self) -> crate::figure::sketch::Sketch {
+        use crate::figure::sketch::{Align, Sketch};
         let m = &self.report.confusion;
         let k = m.n_labels();
-        let cell = 36.0;
-        let margin = 8.0
-            + 7.0
-                * m.labels
-                    .iter()
-                    .map(|&l| self.name(l).chars().count())
-                    .max()
-                    .unwrap_or(4) as f64;
-        let size = margin + cell * k as f64 + 10.0;
-        let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{size:.0}\" height=\"{:.0}\" \
-             font-family=\"DejaVu Sans, Arial, sans-serif\" font-size=\"11\">\n\
-             <title>Confusion matrix: {} (rows) vs {} (columns)</title>\n",
-            size + 20.0,
-            xml(&self.truth),
-            xml(&self.predicted)
+        let cell = (360.0 / k.max(1) as f32).clamp(10.0, 28.0);
+        let longest = m
+            .labels
+            .iter()
+            .map(|&l| self.name(l).chars().count())
+            .max()
+            .unwrap_or(4) as f32;
+        let margin = 12.0 + 0.6 * 8.0 * longest;
+        let size = margin + cell * k as f32 + 12.0;
+        let mut sk = Sketch::new(size, size + 18.0);
+        let top = margin + 18.0;
+        sk.text(
+            margin,
+            12.0,
+            9.0,
+            Align::Start,
+            format!("rows: {}, columns: {}", self.truth, self.predicted),
         );
         for t in 0..k {
             let row: u64 = (0..k).map(|p| m.get(t, p)).sum();
-            let y = margin + cell * t as f64;
-            s.push_str(&format!(
-                "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+            let y = top + cell * t as f32;
+            sk.text(
                 margin - 4.0,
-                y + cell * 0.6,
-                xml(self.name(m.labels[t]))
-            ));
+                y + cell * 0.65,
+                8.0,
+                Align::End,
+                self.name(m.labels[t]),
+            );
             for p in 0..k {
                 let v = m.get(t, p);
-                let f = if row > 0 { v as f64 / row as f64 } else { 0.0 };
-                let c = heat(f as f32);
-                let x = margin + cell * p as f64;
-                s.push_str(&format!(
-                    "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{cell}\" height=\"{cell}\" \
-                     fill=\"#{:02x}{:02x}{:02x}\"/>\n",
-                    c.r(),
-                    c.g(),
-                    c.b()
-                ));
-                if v > 0 {
-                    s.push_str(&format!(
-                        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"{}\">{v}</text>\n",
+                let f = if row > 0 { v as f32 / row as f32 } else { 0.0 };
+                let c = heat(f);
+                let x = margin + cell * p as f32;
+                sk.rect(x, y, cell - 0.5, cell - 0.5, [c.r(), c.g(), c.b(), 255]);
+                if v > 0 && cell >= 16.0 {
+                    sk.text(
                         x + cell / 2.0,
-                        y + cell * 0.6,
-                        if f > 0.5 { "white" } else { "black" }
-                    ));
+                        y + cell * 0.65,
+                        7.0,
+                        Align::Middle,
+                        v.to_string(),
+                    );
                 }
             }
         }
         for p in 0..k {
-            let x = margin + cell * p as f64 + cell * 0.6;
-            let y = margin - 4.0;
-            s.push_str(&format!(
-                "<text transform=\"translate({x:.1},{y:.1}) rotate(-60)\">{}</text>\n",
-                xml(self.name(m.labels[p]))
-            ));
+            // Column names, shortened to fit above their column.
+            let x = margin + cell * p as f32 + cell / 2.0;
+            sk.text(
+                x,
+                top - 4.0,
+                7.0,
+                Align::Middle,
+                truncate(self.name(m.labels[p]), 6),
+            );
         }
-        s.push_str("</svg>\n");
-        s
+        sk
     }
 }
 
@@ -184,13 +185,6 @@ fn csv_field(s: &str) -> String {
     } else {
         s.to_string()
     }
-}
-
-fn xml(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// White to dark blue.

@@ -233,3 +233,59 @@ pub fn node_colors(net: &GeneNetwork) -> Vec<[u8; 4]> {
 pub fn has_network(a: &AnnData) -> bool {
     matches!(a.varp.get("gene_similarity"), Some(Element::Sparse(_)))
 }
+
+impl GeneNetwork {
+    /// The network as a figure (6 x 6 in): edges at or above `threshold` under the genes,
+    /// coloured by program, with the names of `labelled` genes written next to them.
+    pub fn figure(&self, threshold: f32, labelled: &[usize]) -> crate::figure::sketch::Sketch {
+        use crate::figure::sketch::{Align, Sketch};
+        let size = 432.0;
+        let pad = 24.0;
+        let mut sk = Sketch::new(size, size);
+        let (mut x0, mut x1, mut y0, mut y1) = (f32::MAX, f32::MIN, f32::MAX, f32::MIN);
+        for p in &self.positions {
+            x0 = x0.min(p[0]);
+            x1 = x1.max(p[0]);
+            y0 = y0.min(p[1]);
+            y1 = y1.max(p[1]);
+        }
+        let scale = (size - 2.0 * pad) / (x1 - x0).max(y1 - y0).max(1e-6);
+        let at = |p: [f32; 2]| [pad + (p[0] - x0) * scale, size - pad - (p[1] - y0) * scale];
+        for &(a, b, _) in self.edges_above(threshold).iter().take(50_000) {
+            sk.line(
+                at(self.positions[a as usize]),
+                at(self.positions[b as usize]),
+                0.3,
+                [150, 150, 150, 90],
+            );
+        }
+        let colors = node_colors(self);
+        for (p, c) in self.positions.iter().zip(&colors) {
+            sk.disc(at(*p), 1.6, *c);
+        }
+        for &i in labelled {
+            if let Some(p) = self.positions.get(i) {
+                let q = at(*p);
+                sk.text(
+                    q[0] + 3.0,
+                    q[1] + 3.0,
+                    7.0,
+                    Align::Start,
+                    self.genes[i].clone(),
+                );
+            }
+        }
+        sk.text(
+            pad,
+            14.0,
+            9.0,
+            Align::Start,
+            format!(
+                "{} genes, {} programs, cosine similarity >= {threshold:.2}",
+                self.genes.len(),
+                self.program_names.len()
+            ),
+        );
+        sk
+    }
+}
