@@ -26,11 +26,21 @@ fi
 
 echo "No display found: running the CLI on the bundled demo dataset instead."
 demo=assets/demo/pbmcs_small.h5ad
+model=assets/demo/model
+work=$(mktemp -d)
 "$bin" inspect "$demo"
-out=$(mktemp -d)/demo-converted.h5ad
-"$bin" convert "$demo" --output "$out" --compression gzip
-"$bin" inspect "$out"
 # scGPT's preprocessing of the demo's raw counts (per-donor highly variable genes, bins).
-pp=$(dirname "$out")/demo-preprocessed.h5ad
-"$bin" preprocess "$demo" --output "$pp" --layer counts --log1p --n-hvg 500 --batch-key donor
-"$bin" inspect "$pp"
+"$bin" preprocess "$demo" --output "$work/preprocessed.h5ad" --layer counts --log1p \
+  --n-hvg 500 --batch-key donor
+# Embed every cell with the bundled demo model, map them and cluster.
+"$bin" embed "$demo" --model "$model" --output "$work/embedded.h5ad" --max-length 200
+"$bin" umap "$work/embedded.h5ad" -o "$work/umap.h5ad"
+"$bin" leiden "$work/umap.h5ad" -o "$work/clustered.h5ad"
+# Fine-tune the demo model for cell types (2 epochs), annotate, and draw the result.
+"$bin" finetune --reference "$demo" --label-key cell_type --model "$model" \
+  --output "$work/annotator" --epochs 2 --lr 1e-3 --max-len 200
+"$bin" annotate --model "$work/annotator" --query "$work/clustered.h5ad" \
+  --output "$work/annotated.h5ad"
+"$bin" plot "$work/annotated.h5ad" -o "$work/umap_predicted.png" --color predicted_cell_type
+"$bin" inspect "$work/annotated.h5ad"
+echo "Results in $work (annotated.h5ad, umap_predicted.png)."

@@ -30,6 +30,43 @@ fn control() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/broken/control_valid.h5ad")
 }
 
+/// The binary as `nobody` can run it: the build's own path when every folder above it is
+/// open to others, else a copy in a fresh world-readable folder (removed on drop).
+struct NobodyBin {
+    path: PathBuf,
+    _copy: Option<tempfile::TempDir>,
+}
+
+fn nobody_bin() -> NobodyBin {
+    let own = PathBuf::from(bin());
+    let runs = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&own)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if runs {
+        return NobodyBin {
+            path: own,
+            _copy: None,
+        };
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let copy = dir.path().join("cellforge");
+    std::fs::copy(&own, &copy).expect("copy the binary");
+    Command::new("chmod")
+        .arg("755")
+        .arg(dir.path())
+        .arg(&copy)
+        .output()
+        .expect("chmod");
+    NobodyBin {
+        path: copy,
+        _copy: Some(dir),
+    }
+}
+
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -202,10 +239,12 @@ fn inputs_are_never_opened_for_writing() {
     std::fs::copy(demo(), &input).expect("copy");
     let out_dir = work.path().join("out");
     std::fs::create_dir_all(&out_dir).expect("mkdir");
+    let as_nobody = is_root().then(nobody_bin);
     let run = |args: &[&std::ffi::OsStr]| -> Output {
-        if is_root() {
+        if let Some(b) = &as_nobody {
             Command::new("setpriv")
-                .args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()])
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(&b.path)
                 .args(args)
                 .output()
                 .expect("run")
@@ -267,5 +306,79 @@ fn inputs_are_never_opened_for_writing() {
         std::fs::metadata(&input).and_then(|m| m.modified()).ok(),
         mtime,
         "the input's modification time changed"
+    );
+}
+
+/// Protection: when the device runs out of memory in training, the step is retried on half
+/// the cells (the weights are only touched after a step succeeds) and training carries on,
+/// saying so; in embedding, the batch is halved. The failure is injected
+/// (`CELLFORGE_FAULT_OOM_ABOVE`) on the path a backend's allocation panic takes.
+#[test]
+fn out_of_memory_backs_off_in_training_and_embedding() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let model = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/demo/model");
+    let o = Command::new(bin())
+        .env("CELLFORGE_FAULT_OOM_ABOVE", "10")
+        .arg("finetune")
+        .arg("--reference")
+        .arg(demo())
+        .args(["--label-key", "cell_type", "--model"])
+        .arg(&model)
+        .arg("--output")
+        .arg(work.path().join("tuned"))
+        .args([
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--max-len",
+            "32",
+            "--device",
+            "cpu",
+            "--lr",
+            "1e-3",
+        ])
+        .output()
+        .expect("run finetune");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    // 32 -> 16 -> 8 cells per step.
+    assert!(
+        t.contains("the device ran out of memory: continuing with steps of about 16 cells"),
+        "{t}"
+    );
+    assert!(t.contains("continuing with steps of about 8 cells"), "{t}");
+    let log: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.path().join("tuned/train_log.json")).expect("train log"),
+    )
+    .expect("json");
+    let steps = log["steps"].as_u64().expect("steps");
+    // About 1,080 training cells in minibatches of 32 (34 of them), each taken in 4 pieces.
+    assert!(steps >= 4 * 33, "{steps} steps");
+    assert!(work.path().join("tuned/model.safetensors").is_file());
+
+    let o = Command::new(bin())
+        .env("CELLFORGE_FAULT_OOM_ABOVE", "10")
+        .arg("embed")
+        .arg(demo())
+        .arg("--model")
+        .arg(&model)
+        .arg("--output")
+        .arg(work.path().join("embedded.h5ad"))
+        .args([
+            "--max-length",
+            "32",
+            "--batch-size",
+            "32",
+            "--device",
+            "cpu",
+        ])
+        .output()
+        .expect("run embed");
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("the device ran out of memory: continuing with 8 cells per batch"),
+        "{t}"
     );
 }

@@ -31,8 +31,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import warnings
+
 import h5py
 import numpy as np
+
+# Casting extreme values on purpose: numpy's overflow warnings are expected noise here.
+warnings.filterwarnings("ignore", category=RuntimeWarning)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENCODINGS = ["array", "csr_matrix", "csc_matrix", "dataframe", "dict", "categorical",

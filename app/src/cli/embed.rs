@@ -57,6 +57,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             max_length: args.max_length.max(2),
             batch_size: args.batch_size.max(1),
             seed: args.seed,
+            simulate_oom_above: super::fault_oom_above(),
             ..EmbedOptions::default()
         },
     };

@@ -79,6 +79,14 @@ pub enum Command {
     Plot(plot::PlotArgs),
 }
 
+/// Fault injection for the reliability tests (`CELLFORGE_FAULT_OOM_ABOVE=N`): steps and
+/// forward passes over more than N cells fail as if the device had run out of memory.
+pub(crate) fn fault_oom_above() -> Option<usize> {
+    std::env::var("CELLFORGE_FAULT_OOM_ABOVE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+}
+
 pub fn run(cmd: Command) -> anyhow::Result<()> {
     match cmd {
         Command::Inspect(a) => inspect::run(&a),

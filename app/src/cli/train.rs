@@ -123,6 +123,7 @@ impl Common {
             schedule: self.schedule(base.schedule.clone())?,
             patience: self.patience,
             checkpoint_every: self.checkpoint_every,
+            simulate_oom_above: super::fault_oom_above(),
             ..base
         })
     }
@@ -299,6 +300,12 @@ impl Printer {
             }
             TrainEvent::Resumed { step, epoch } => {
                 eprintln!("resumed at step {step} (epoch {})", epoch + 1)
+            }
+            TrainEvent::BatchReduced { cells } => {
+                eprintln!(
+                    "the device ran out of memory: continuing with steps of about {cells} cells \
+                     (each minibatch is now split; the split is kept by checkpoints)"
+                );
             }
             TrainEvent::EarlyStop { epoch } => {
                 eprintln!(

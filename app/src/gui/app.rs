@@ -103,8 +103,24 @@ pub struct Settings {
 
 const SETTINGS_KEY: &str = "cellforge-settings";
 
+const WEIGHTS_HELP: &str = "The demo model that comes with cellforge was pretrained on 1,200 \
+cells only; it is there so every step works out of the box. For real work, use a model the \
+scGPT authors pretrained on millions of cells:\n\n\
+1. Download a model folder from the scGPT model zoo (\"whole-human\", scGPT_human, is the \
+usual choice; there are organ- and disease-specific ones too).\n\
+2. Keep its three files together in one folder: args.json, vocab.json and best_model.pt.\n\
+3. Open that folder here (Open a model folder… or File > Open a model folder), or pass \
+--model FOLDER on the command line.\n\n\
+cellforge reads only the tensors of best_model.pt; nothing in the file is executed. The Model \
+panel then shows how many of your dataset's genes the model knows: gene symbols must match \
+the vocabulary (HGNC symbols for the human models).";
+
 /// Training loss per step and `(epoch, validation loss, accuracy)` per epoch.
-type Curves = (Vec<[f64; 2]>, Vec<(usize, f64, Option<f64>)>);
+type Curves = (
+    Vec<[f64; 2]>,
+    Vec<(String, Vec<[f64; 2]>)>,
+    Vec<(usize, f64, Option<f64>)>,
+);
 
 /// A fine-tuned model made in this session.
 pub struct Tuned {
@@ -169,6 +185,8 @@ pub struct CellforgeApp {
     pub min_confidence: f64,
     pub export_path: String,
     pub export_replace: bool,
+    /// Resolution of PNG figures.
+    pub figure_dpi: f32,
 
     scatter: ScatterView,
     points: Option<Arc<ScatterPoints>>,
@@ -187,6 +205,7 @@ pub struct CellforgeApp {
 
     startup: Startup,
     frames: u64,
+    show_weights_help: bool,
     /// Frames waited after start-up before the screenshot is requested.
     screenshot_wait: u32,
     pub preprocess: work::PreprocessSettings,
@@ -240,6 +259,7 @@ impl CellforgeApp {
             min_confidence: 0.0,
             export_path: String::new(),
             export_replace: false,
+            figure_dpi: 300.0,
             scatter: ScatterView::new(),
             points: None,
             basis: String::new(),
@@ -253,6 +273,7 @@ impl CellforgeApp {
             rename_from: String::new(),
             startup: Startup::default(),
             frames: 0,
+            show_weights_help: false,
             screenshot_wait: 0,
             preprocess: work::PreprocessSettings::default(),
             map_reference: String::new(),
@@ -714,6 +735,7 @@ impl CellforgeApp {
         let Some(d) = &self.dataset else { return };
         let adata = d.adata.clone();
         let (basis, key) = (self.basis.clone(), self.color_key.clone());
+        let dpi = self.figure_dpi;
         let labels = self.labels.as_ref().and_then(|l| {
             (l.column == key).then(|| {
                 let c = l.session.column();
@@ -745,7 +767,7 @@ impl CellforgeApp {
             let bytes = if svg {
                 figure::render_svg(&fig, 6.0, 4.5).into_bytes()
             } else {
-                figure::render_png(&fig, 6.0, 4.5, 300.0)
+                figure::render_png(&fig, 6.0, 4.5, dpi)
                     .map_err(|e| Failure::new("Could not draw the figure", e))?
             };
             figure::write_atomic(&path, &bytes)
@@ -761,7 +783,7 @@ impl CellforgeApp {
     fn save_figure(&mut self, sketch: &figure::sketch::Sketch, suffix: &str) {
         let base = Path::new(self.export_path.trim()).with_extension("");
         let stem = format!("{}_{suffix}", base.display());
-        let png = match sketch.to_png(300.0) {
+        let png = match sketch.to_png(self.figure_dpi) {
             Ok(b) => b,
             Err(e) => {
                 self.error = Some(Failure::new("Could not draw the figure", e));
@@ -794,7 +816,7 @@ impl CellforgeApp {
             End::Failed(f) => self.error = Some(f),
             End::Done(out) => {
                 if let Some(j) = job.as_ref().filter(|j| j.kind == JobKind::Finetune) {
-                    self.tuned_curves = Some((j.losses.clone(), j.valid.clone()));
+                    self.tuned_curves = Some((j.losses.clone(), j.terms.clone(), j.valid.clone()));
                 }
                 self.accept(out);
                 if job.as_ref().is_some_and(|j| j.kind == JobKind::Programs) {
@@ -1015,11 +1037,14 @@ impl CellforgeApp {
                         return;
                     }
                 };
-                let prov = provenance_of(a, name);
-                let source = if prov.is_some() {
-                    Source::Model
-                } else {
-                    Source::Original
+                let (prov, task) = match provenance_of(a, name) {
+                    Some((p, t)) => (Some(p), Some(t)),
+                    None => (None, None),
+                };
+                let source = match task.as_deref() {
+                    Some("map") => Source::Mapped,
+                    Some(_) => Source::Model,
+                    None => Source::Original,
                 };
                 (col, source, prov)
             }
@@ -1262,18 +1287,20 @@ fn fingerprint(a: &AnnData) -> String {
     format!("fnv1a64:{h:016x}")
 }
 
-/// Model and threshold recorded by `annotate` for a predicted column, as JSON.
-fn provenance_of(a: &AnnData, column: &str) -> Option<serde_json::Value> {
+/// Model and threshold recorded by `annotate` or `map` for a predicted column, as JSON, and
+/// which of the two made it (`uns["cellforge"]["<task>_<column>"]`).
+fn provenance_of(a: &AnnData, column: &str) -> Option<(serde_json::Value, String)> {
     let Element::Mapping(root) = a.uns.get("cellforge")? else {
         return None;
     };
-    let rec = root.iter().find_map(|(k, v)| {
-        (k.ends_with(&format!("_{column}")))
-            .then_some(v)
-            .and_then(|v| match v {
-                Element::Mapping(m) => Some(m),
-                _ => None,
-            })
+    let (task, rec) = root.iter().find_map(|(k, v)| {
+        let task = k.strip_suffix(&format!("_{column}"))?;
+        match v {
+            Element::Mapping(m) if task == "annotate" || task == "map" => {
+                Some((task.to_string(), m))
+            }
+            _ => None,
+        }
     })?;
     let mut obj = serde_json::Map::new();
     for (k, v) in rec {
@@ -1289,7 +1316,8 @@ fn provenance_of(a: &AnnData, column: &str) -> Option<serde_json::Value> {
         };
         obj.insert(k.clone(), val);
     }
-    Some(serde_json::Value::Object(obj))
+    obj.insert("task".into(), serde_json::Value::String(task.clone()));
+    Some((serde_json::Value::Object(obj), task))
 }
 
 /// obsm keys with at least two columns.
@@ -1521,10 +1549,10 @@ impl CellforgeApp {
             });
             ui.menu_button("Help", |ui| {
                 ui.label("Shortcuts: Ctrl+O open, L lasso, B box, P pan, Ctrl+Z undo, Ctrl+Shift+Z redo, Esc clear selection.");
-                ui.hyperlink_to(
-                    "Using the official scGPT weights",
-                    "https://github.com/bowang-lab/scGPT#pretrained-scgpt-model-zoo",
-                );
+                if ui.button("Using the official scGPT weights").clicked() {
+                    ui.close();
+                    self.show_weights_help = true;
+                }
             });
             ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
                 if let Some(d) = &self.dataset {
@@ -1908,6 +1936,14 @@ impl CellforgeApp {
                 {
                     self.run_export();
                 }
+                labelled_drag(
+                    ui,
+                    "Figure DPI",
+                    &mut self.figure_dpi,
+                    50.0..=1200.0,
+                    10.0,
+                    "Resolution of PNG figures (300 for print; SVG is resolution-free).",
+                );
                 ui.horizontal(|ui| {
                     let can = !busy && !self.basis.is_empty();
                     if ui.add_enabled(can, egui::Button::new("Figure PNG")).clicked() {
@@ -2468,8 +2504,8 @@ impl CellforgeApp {
             ));
         }
         // The running fine-tune's curves, else those of the last one that finished.
-        let (losses, valid) = match (job, &self.tuned_curves) {
-            (Some(j), _) => (j.losses.clone(), j.valid.clone()),
+        let (losses, terms, valid) = match (job, &self.tuned_curves) {
+            (Some(j), _) => (j.losses.clone(), j.terms.clone(), j.valid.clone()),
             (None, Some(c)) => c.clone(),
             (None, None) => {
                 ui.label("Loss and accuracy curves appear here while a model is fine-tuned.");
@@ -2493,7 +2529,16 @@ impl CellforgeApp {
             .height(h)
             .x_axis_label("step")
             .show(ui, |p| {
-                p.line(Line::new("training loss", PlotPoints::from(losses.clone())));
+                p.line(Line::new(
+                    "total (weighted)",
+                    PlotPoints::from(losses.clone()),
+                ));
+                // One line per objective when there are several.
+                if terms.len() > 1 {
+                    for (name, pts) in &terms {
+                        p.line(Line::new(name.clone(), PlotPoints::from(pts.clone())));
+                    }
+                }
             });
         Plot::new("valid")
             .legend(Legend::default())
@@ -3003,6 +3048,25 @@ impl eframe::App for CellforgeApp {
             }
         }
         egui::Panel::top("menu").show(ui, |ui| self.menu_ui(ui));
+        if self.show_weights_help {
+            let mut open = true;
+            egui::Window::new("Using the official scGPT weights")
+                .open(&mut open)
+                .default_width(460.0)
+                .show(ui.ctx(), |ui| {
+                    ui.label(WEIGHTS_HELP);
+                    ui.hyperlink_to(
+                        "scGPT model zoo (GitHub)",
+                        "https://github.com/bowang-lab/scGPT#pretrained-scgpt-model-zoo",
+                    );
+                    if ui.button("Open a model folder…").clicked()
+                        && let Some(dir) = rfd::FileDialog::new().pick_folder()
+                    {
+                        self.open_model(dir);
+                    }
+                });
+            self.show_weights_help = open;
+        }
         egui::Panel::bottom("status").show(ui, |ui| {
             if let Some(f) = self.error.clone() {
                 ui.colored_label(ui.visuals().error_fg_color, &f.title);

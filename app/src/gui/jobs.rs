@@ -116,7 +116,7 @@ enum Msg {
     Log(String),
     Step {
         step: u64,
-        loss: f64,
+        terms: Vec<(String, f64)>,
     },
     Valid {
         epoch: usize,
@@ -149,8 +149,9 @@ impl Reporter {
     pub fn log(&self, s: impl Into<String>) {
         self.send(Msg::Log(s.into()));
     }
-    pub fn train_step(&self, step: u64, loss: f64) {
-        self.send(Msg::Step { step, loss });
+    /// One optimiser step's loss terms (`total` last, as the engine reports them).
+    pub fn train_step(&self, step: u64, terms: Vec<(String, f64)>) {
+        self.send(Msg::Step { step, terms });
     }
     pub fn validation(&self, epoch: usize, loss: f64, acc: Option<f64>) {
         self.send(Msg::Valid { epoch, loss, acc });
@@ -177,8 +178,10 @@ pub struct Job {
     /// When `progress` first moved past zero, for the ETA.
     progress_start: Option<(Instant, u64)>,
     pub log: Vec<String>,
-    /// Training loss per step.
+    /// Training loss per step (the weighted total).
     pub losses: Vec<[f64; 2]>,
+    /// Each loss term per step (unweighted), by name, in first-seen order.
+    pub terms: Vec<(String, Vec<[f64; 2]>)>,
     /// Validation loss and accuracy per epoch.
     pub valid: Vec<(usize, f64, Option<f64>)>,
     cancel: Arc<AtomicBool>,
@@ -224,6 +227,7 @@ pub fn spawn(
         progress_start: None,
         log: Vec::new(),
         losses: Vec::new(),
+        terms: Vec::new(),
         valid: Vec::new(),
         cancel,
         rx,
@@ -263,7 +267,18 @@ impl Job {
                     self.progress = Some((d, t));
                 }
                 Msg::Log(s) => self.log.push(s),
-                Msg::Step { step, loss } => self.losses.push([step as f64, loss]),
+                Msg::Step { step, terms } => {
+                    for (name, v) in terms {
+                        if name == "total" {
+                            self.losses.push([step as f64, v]);
+                            continue;
+                        }
+                        match self.terms.iter_mut().find(|t| t.0 == name) {
+                            Some(t) => t.1.push([step as f64, v]),
+                            None => self.terms.push((name, vec![[step as f64, v]])),
+                        }
+                    }
+                }
                 Msg::Valid { epoch, loss, acc } => self.valid.push((epoch, loss, acc)),
                 Msg::End(r) => self.end = Some(r),
             }

@@ -474,13 +474,7 @@ pub fn finetune(
                 r.stage("Training");
             }
             FinetuneEvent::Train(TrainEvent::Step(st)) => {
-                let total = st
-                    .losses
-                    .iter()
-                    .find(|(n, _)| n == "total")
-                    .map(|x| x.1)
-                    .unwrap_or(f64::NAN);
-                r.train_step(st.step, total);
+                r.train_step(st.step, st.losses.clone());
                 r.progress(st.step, st.total_steps);
                 r.stage(format!("Training, epoch {}", st.epoch + 1));
             }
@@ -495,6 +489,9 @@ pub fn finetune(
                         .unwrap_or_default()
                 ));
             }
+            FinetuneEvent::Train(TrainEvent::BatchReduced { cells }) => r.log(format!(
+                "the device ran out of memory: continuing with steps of about {cells} cells"
+            )),
             FinetuneEvent::Train(TrainEvent::EarlyStop { epoch }) => {
                 r.log(format!("stopped early after epoch {}", epoch + 1))
             }

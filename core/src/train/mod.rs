@@ -392,6 +392,10 @@ pub struct TrainConfig {
     /// Generative pretraining instead of the fine-tuning objectives.
     #[serde(default)]
     pub generative: Option<pretrain::GenerativeSettings>,
+    /// Fault injection for tests: a step over more cells than this fails as if the device had
+    /// run out of memory (the path a real allocation panic from the backend takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulate_oom_above: Option<usize>,
 }
 
 /// A minibatch's losses and its class labels (for accuracy).
@@ -425,6 +429,7 @@ impl TrainConfig {
             use_batch_labels: false,
             by_batch: false,
             generative: None,
+            simulate_oom_above: None,
         }
     }
 
@@ -525,8 +530,18 @@ pub enum TrainEvent {
     Step(StepReport),
     Validation(ValidReport),
     Checkpoint(PathBuf),
-    Resumed { step: u64, epoch: usize },
-    EarlyStop { epoch: usize },
+    Resumed {
+        step: u64,
+        epoch: usize,
+    },
+    EarlyStop {
+        epoch: usize,
+    },
+    /// The device ran out of memory: minibatches are now taken in pieces of about this many
+    /// cells, one optimiser step each (the back-off is kept by checkpoints).
+    BatchReduced {
+        cells: usize,
+    },
 }
 
 /// How a finished run went.
@@ -553,6 +568,13 @@ struct CheckpointState {
     batch_in_epoch: usize,
     history: History,
     epochs_without_improvement: usize,
+    /// How many times the minibatch was halved after the device ran out of memory: each
+    /// scheduled minibatch is then taken as `2^batch_split` consecutive steps.
+    #[serde(default)]
+    batch_split: u32,
+    /// Which of those pieces of the current minibatch comes next.
+    #[serde(default)]
+    piece: usize,
 }
 
 /// Name of the training history written next to a trained model.
@@ -762,6 +784,8 @@ pub fn train<B: AutodiffBackend>(
         batch_in_epoch: 0,
         history: History::default(),
         epochs_without_improvement: 0,
+        batch_split: 0,
+        piece: 0,
     };
     if resume && let Some(ck) = read_checkpoint(out)? {
         let report = crate::model::weights::load_into(&mut model, &ck.weights, device)?;
@@ -797,33 +821,90 @@ pub fn train<B: AutodiffBackend>(
             epoch,
         );
         while state.batch_in_epoch < batches.len() {
-            let idx = &batches[state.batch_in_epoch];
+            let full = &batches[state.batch_in_epoch];
+            // After an out-of-memory back-off the minibatch is taken in 2^k pieces whose
+            // boundaries nest (piece p of n is [p*len/n, (p+1)*len/n)), so halving again
+            // continues exactly where the failed piece began.
+            let pieces = 1usize << state.batch_split;
+            let at = |p: usize| p * full.len() / pieces;
+            let idx = &full[at(state.piece)..at(state.piece + 1)];
+            let advance = |state: &mut CheckpointState| {
+                state.piece += 1;
+                if state.piece >= pieces {
+                    state.piece = 0;
+                    state.batch_in_epoch += 1;
+                }
+            };
+            if idx.is_empty() {
+                advance(&mut state);
+                continue;
+            }
             let step = state.step;
             B::seed(device, mix(cfg.seed, 0xd409, step));
             let mut rng = Rng::for_item(cfg.seed ^ 0x3a5c, step);
-            let Some((losses, _)) =
-                batch_losses(&model, set, idx, cfg, pad_id, &mut rng, step, device)?
-            else {
-                state.batch_in_epoch += 1;
-                continue;
+            // A failed device allocation panics inside the backend: catch it before the
+            // optimiser touches the weights, halve the piece, and take the same cells again.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                if cfg.simulate_oom_above.is_some_and(|m| idx.len() > m) {
+                    panic!(
+                        "injected fault: out of memory allocating a training step of {} cells",
+                        idx.len()
+                    );
+                }
+                let Some((losses, _)) =
+                    batch_losses(&model, set, idx, cfg, pad_id, &mut rng, step, device)?
+                else {
+                    return Ok(None);
+                };
+                let terms = losses.values()?;
+                let total = terms.last().map_or(f64::NAN, |t| t.1);
+                if !total.is_finite() {
+                    return Err(TrainError::NotFinite {
+                        value: total,
+                        step,
+                        epoch,
+                    });
+                }
+                let grads = losses.total.backward();
+                Ok(Some((terms, total, grads, losses.bn)))
+            }));
+            let (terms, total, grads, bn) = match attempt {
+                Ok(Ok(Some(x))) => x,
+                Ok(Ok(None)) => {
+                    advance(&mut state);
+                    continue;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(p) => {
+                    let msg = p
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_else(|| "unknown panic".into());
+                    if !crate::tl::embed::is_oom_message(&msg) {
+                        return Err(TrainError::Device(msg));
+                    }
+                    if idx.len() <= 1 || state.batch_split >= 16 {
+                        return Err(TrainError::Device(format!(
+                            "out of memory even with one cell per step ({msg}); try the CPU \
+                             or a shorter --max-len"
+                        )));
+                    }
+                    state.batch_split += 1;
+                    state.piece *= 2;
+                    let _ = events(TrainEvent::BatchReduced {
+                        cells: idx.len().div_ceil(2),
+                    });
+                    continue;
+                }
             };
-            let terms = losses.values()?;
-            let total = terms.last().map_or(f64::NAN, |t| t.1);
-            if !total.is_finite() {
-                return Err(TrainError::NotFinite {
-                    value: total,
-                    step,
-                    epoch,
-                });
-            }
-            let grads = losses.total.backward();
             let lr = cfg.lr * schedule.factor(step as usize, epoch);
             let info = adam.step(&mut model, &grads, lr);
-            for bn in &losses.bn {
+            for bn in &bn {
                 model.update_bn(bn);
             }
             state.step += 1;
-            state.batch_in_epoch += 1;
+            advance(&mut state);
             state.history.train.push((step, total));
             cells_done += idx.len();
             let secs = start.elapsed().as_secs_f64().max(1e-9);
@@ -880,6 +961,7 @@ pub fn train<B: AutodiffBackend>(
         };
         state.epoch += 1;
         state.batch_in_epoch = 0;
+        state.piece = 0;
         state.history.steps = state.step;
         state.history.seconds = seconds_before + start.elapsed().as_secs_f64();
         if improved {
@@ -917,6 +999,8 @@ mod tests {
             batch_in_epoch: step as usize,
             history: History::default(),
             epochs_without_improvement: 0,
+            batch_split: 0,
+            piece: 0,
         }
     }
 
