@@ -4,7 +4,7 @@
 # forces the scratch root), then from the installed files only:
 #   - `cellforge --version` and the man page;
 #   - ldd of the installed binary lists no libhdf5 and no libcuda;
-#   - a headless fine-tune (1 epoch) of the bundled demo model on the bundled demo data and
+#   - a headless fine-tune (3 epochs) of the bundled demo model on the bundled demo data and
 #     `cellforge annotate` of the demo, with the output checked (and read by Python anndata
 #     when one is available) and the installed demo file unchanged;
 #   - installed size, and cold start to the first frame under Xvfb when xvfb-run exists.
@@ -29,9 +29,11 @@ fi
 cf=$prefix/bin/cellforge
 fail() { echo "packaging test FAILED: $*" >&2; exit 1; }
 
-"$cf" --version | grep -q '^cellforge [0-9]' || fail "--version"
+version=$("$cf" --version)
+grep -q '^cellforge [0-9]' <<< "$version" || fail "--version"
 echo "ok: $("$cf" --version)"
-zcat "$prefix/share/man/man1/cellforge.1.gz" | grep -q '^\.SS cellforge annotate' || fail "man page"
+man=$(zcat "$prefix/share/man/man1/cellforge.1.gz")   # (no `| grep -q`: pipefail + SIGPIPE)
+grep -q '^\.SS cellforge annotate' <<< "$man" || fail "man page"
 echo "ok: man page"
 [ -f "$prefix/share/applications/cellforge.desktop" ] || fail "desktop entry"
 grep -q '\*.h5ad' "$prefix/share/mime/packages/cellforge.xml" || fail "MIME type"
@@ -46,7 +48,7 @@ echo "ok: ldd lists no libhdf5 and no libcuda ($(wc -l < "$scratch/ldd.txt") lib
 demo=$prefix/share/cellforge/demo
 before=$(sha256sum "$demo/pbmcs_small.h5ad" | cut -d' ' -f1)
 "$cf" finetune --reference "$demo/pbmcs_small.h5ad" --label-key cell_type --model "$demo/model" \
-  --output "$scratch/tuned" --epochs 1 --lr 1e-3 --batch-size 64 --max-len 64 --device cpu \
+  --output "$scratch/tuned" --epochs 3 --lr 1e-3 --batch-size 32 --max-len 200 --device cpu \
   > "$scratch/finetune.log" 2>&1 || { cat "$scratch/finetune.log"; fail "finetune"; }
 "$cf" annotate --model "$scratch/tuned" --query "$demo/pbmcs_small.h5ad" \
   --output "$scratch/annotated.h5ad" --device cpu > "$scratch/annotate.log" 2>&1 \
@@ -67,7 +69,7 @@ acc = float((pred == truth).mean())
 conf = a.obs["predicted_cell_type_confidence"]
 assert a.n_obs == 1200 and conf.between(0, 1).all(), "bad confidences"
 assert acc > 0.4, f"accuracy {acc:.3f} is no better than guessing the largest class"
-print(f"ok: anndata reads the annotation; accuracy vs cell_type {acc:.3f} after 1 epoch")
+print(f"ok: anndata reads the annotation; accuracy vs cell_type {acc:.3f} after 3 epochs")
 PY
 else
   echo "(no Python anndata: skipped the accuracy check)"

@@ -34,11 +34,12 @@ work=$(mktemp -d)
   --n-hvg 500 --batch-key donor
 # Embed every cell with the bundled demo model, map them and cluster.
 "$bin" embed "$demo" --model "$model" --output "$work/embedded.h5ad" --max-length 200
-"$bin" umap "$work/embedded.h5ad" -o "$work/umap.h5ad"
+"$bin" neighbors "$work/embedded.h5ad" -o "$work/neighbors.h5ad" --use-rep X_scGPT
+"$bin" umap "$work/neighbors.h5ad" -o "$work/umap.h5ad"
 "$bin" leiden "$work/umap.h5ad" -o "$work/clustered.h5ad"
-# Fine-tune the demo model for cell types (2 epochs), annotate, and draw the result.
+# Fine-tune the demo model for cell types (5 epochs), annotate, and draw the result.
 "$bin" finetune --reference "$demo" --label-key cell_type --model "$model" \
-  --output "$work/annotator" --epochs 2 --lr 1e-3 --max-len 200
+  --output "$work/annotator" --epochs 5 --lr 1e-3 --max-len 200
 "$bin" annotate --model "$work/annotator" --query "$work/clustered.h5ad" \
   --output "$work/annotated.h5ad"
 "$bin" plot "$work/annotated.h5ad" -o "$work/umap_predicted.png" --color predicted_cell_type

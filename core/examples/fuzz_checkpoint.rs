@@ -6,8 +6,8 @@
 //! seed with 1-4 mutations:
 //! - zip-aware: the pickle entry (`*/data.pkl`) or a tensor entry is mutated in place (bit
 //!   flips, interesting bytes, interesting little-endian integers, byte-range copies) and its
-//!   CRC-32 is fixed in the local header and the central directory, so the mutation reaches
-//!   the pickle machine instead of stopping at the zip checksum;
+//!   CRC-32 is fixed in the local header, the data descriptor and the central directory, so
+//!   the mutation reaches the pickle machine instead of stopping at the zip checksum;
 //! - raw: bit flips, truncation, deletion, duplication and interesting integers anywhere
 //!   (zip headers, central directory, sizes and offsets).
 //!
@@ -66,8 +66,9 @@ const INTERESTING: [u64; 14] = [
 struct Entry {
     name: String,
     data: std::ops::Range<usize>,
-    local_crc_at: usize,
-    central_crc_at: Option<usize>,
+    /// CRC fields to keep in step: the local header's, the data descriptor's (torch.save
+    /// writes sizes and CRC after the data, flag bit 3) and the central directory's.
+    crc_at: Vec<usize>,
 }
 
 fn u16_at(b: &[u8], i: usize) -> Option<usize> {
@@ -78,49 +79,71 @@ fn u32_at(b: &[u8], i: usize) -> Option<usize> {
     Some(u32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?) as usize)
 }
 
-/// Stored (uncompressed) entries of a zip, found by walking the local headers.
+/// Stored (uncompressed) entries of a zip, found through the central directory (the local
+/// headers of torch.save archives carry zero sizes).
 fn entries(b: &[u8]) -> Vec<Entry> {
     let mut out = Vec::new();
-    let mut i = 0;
-    while b.get(i..i + 4) == Some(b"PK\x03\x04") {
-        let (Some(method), Some(csize), Some(nlen), Some(xlen)) = (
-            u16_at(b, i + 8),
-            u32_at(b, i + 18),
-            u16_at(b, i + 26),
-            u16_at(b, i + 28),
+    // End of central directory: the last "PK\x05\x06" within the final 64 KiB + 22 bytes.
+    let lo = b.len().saturating_sub(65_557);
+    let Some(eocd) = (lo..b.len().saturating_sub(21))
+        .rev()
+        .find(|&i| b.get(i..i + 4) == Some(b"PK\x05\x06"))
+    else {
+        return out;
+    };
+    let (Some(count), Some(mut j)) = (u16_at(b, eocd + 10), u32_at(b, eocd + 16)) else {
+        return out;
+    };
+    for _ in 0..count {
+        if b.get(j..j + 4) != Some(b"PK\x01\x02") {
+            break;
+        }
+        let (Some(method), Some(csize), Some(nlen), Some(xlen), Some(clen), Some(local)) = (
+            u16_at(b, j + 10),
+            u32_at(b, j + 20),
+            u16_at(b, j + 28),
+            u16_at(b, j + 30),
+            u16_at(b, j + 32),
+            u32_at(b, j + 42),
         ) else {
             break;
         };
         let name =
-            String::from_utf8_lossy(b.get(i + 30..i + 30 + nlen).unwrap_or(&[])).into_owned();
-        let start = i + 30 + nlen + xlen;
+            String::from_utf8_lossy(b.get(j + 46..j + 46 + nlen).unwrap_or(&[])).into_owned();
+        let central_crc = j + 16;
+        j += 46 + nlen + xlen + clen;
+        if method != 0 || b.get(local..local + 4) != Some(b"PK\x03\x04") {
+            continue;
+        }
+        let (Some(flags), Some(lnlen), Some(lxlen)) = (
+            u16_at(b, local + 6),
+            u16_at(b, local + 26),
+            u16_at(b, local + 28),
+        ) else {
+            continue;
+        };
+        let start = local + 30 + lnlen + lxlen;
         let end = start + csize;
         if end > b.len() {
-            break;
+            continue;
         }
-        if method == 0 {
-            out.push(Entry {
-                name,
-                data: start..end,
-                local_crc_at: i + 14,
-                central_crc_at: None,
-            });
+        let mut crc_at = vec![local + 14, central_crc];
+        if flags & 8 != 0 {
+            // Data descriptor: optional signature, then the CRC.
+            let d = if b.get(end..end + 4) == Some(b"PK\x07\x08") {
+                end + 4
+            } else {
+                end
+            };
+            if d + 4 <= b.len() {
+                crc_at.push(d);
+            }
         }
-        i = end;
-    }
-    // Central directory records: match by name to find their CRC fields.
-    let mut j = i;
-    while b.get(j..j + 4) == Some(b"PK\x01\x02") {
-        let (Some(nlen), Some(xlen), Some(clen)) =
-            (u16_at(b, j + 28), u16_at(b, j + 30), u16_at(b, j + 32))
-        else {
-            break;
-        };
-        let name = String::from_utf8_lossy(b.get(j + 46..j + 46 + nlen).unwrap_or(&[]));
-        if let Some(e) = out.iter_mut().find(|e| e.name == name) {
-            e.central_crc_at = Some(j + 16);
-        }
-        j += 46 + nlen + xlen + clen;
+        out.push(Entry {
+            name,
+            data: start..end,
+            crc_at,
+        });
     }
     out
 }
@@ -129,9 +152,8 @@ fn fix_crc(b: &mut [u8], e: &Entry) {
     let mut crc = flate2::Crc::new();
     crc.update(&b[e.data.clone()]);
     let v = crc.sum().to_le_bytes();
-    b[e.local_crc_at..e.local_crc_at + 4].copy_from_slice(&v);
-    if let Some(c) = e.central_crc_at {
-        b[c..c + 4].copy_from_slice(&v);
+    for &at in &e.crc_at {
+        b[at..at + 4].copy_from_slice(&v);
     }
 }
 
@@ -186,8 +208,10 @@ fn mutate(seed: &[u8], rng: &mut Rng) -> (Vec<u8>, Vec<&'static str>) {
             // Mostly the pickle, checksum fixed: this is where the interpreter is exercised.
             0..=4 if !pickle.is_empty() => {
                 let e = pickle[rng.below(pickle.len())].clone();
-                what.push(mutate_in_place(&mut b, e.data.clone(), rng));
+                let m = mutate_in_place(&mut b, e.data.clone(), rng);
                 fix_crc(&mut b, &e);
+                what.push(if m == "none" { m } else { "pickle (CRC fixed)" });
+                what.push(m);
             }
             5 if !ents.is_empty() => {
                 let e = ents[rng.below(ents.len())].clone();

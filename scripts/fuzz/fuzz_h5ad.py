@@ -187,7 +187,10 @@ def worker(args):
             outcome, detail = run(cmd, timeout)
             stats[outcome] += 1
             if outcome == "refused":
-                refusals[" ".join(detail.split()[:4])] += 1
+                # Group by what the message says, without the file name or numbers.
+                text = detail.replace(str(path), "FILE").replace(str(out), "OUT")
+                text = "".join("N" if ch.isdigit() else ch for ch in text)
+                refusals[" ".join(text.split()[:9])[:90]] += 1
             if outcome in ("PANIC", "CRASH", "HANG"):
                 Path(crashes).mkdir(parents=True, exist_ok=True)
                 keep = Path(crashes) / f"{outcome.lower()}-w{wid}-{case}.h5ad"
