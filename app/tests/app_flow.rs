@@ -110,6 +110,13 @@ fn open_embed_umap_finetune_annotate_relabel_undo_export() {
             .contains_key("X_umap")
     );
     assert_eq!(h.state().basis(), "X_umap");
+    // Colour by a gene typed in the toolbar.
+    h.get_by_label("Gene").click();
+    h.get_by_label("Gene").type_text("CD3E");
+    h.run_steps(1);
+    h.key_press(egui::Key::Enter);
+    h.run_steps(2);
+    assert_eq!(h.state().color_key(), "CD3E");
 
     // Fine-tune (tiny: one epoch, short cells) on the demo's cell types.
     click(&mut h, "3. Fine-tune");

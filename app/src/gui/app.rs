@@ -220,6 +220,10 @@ pub struct CellforgeApp {
     net_points: Option<Arc<ScatterPoints>>,
     pub net_threshold: f32,
     pub gene_query: String,
+    /// The gene typed in the embedding toolbar ("Colour by" a gene).
+    pub gene_color: String,
+    /// Name of a new label column to start (Labels panel).
+    pub new_column: String,
     pub bench_truth: String,
     pub bench_predicted: String,
     pub bench_batch: String,
@@ -292,6 +296,8 @@ impl CellforgeApp {
             net_points: None,
             net_threshold: 0.5,
             gene_query: String::new(),
+            gene_color: String::new(),
+            new_column: String::new(),
             bench_truth: String::new(),
             bench_predicted: String::new(),
             bench_batch: String::new(),
@@ -377,6 +383,11 @@ impl CellforgeApp {
     /// Cell types of the model fine-tuned in this session.
     pub fn tuned_classes(&self) -> Option<&[String]> {
         self.tuned.as_ref().map(|t| t.classes.as_slice())
+    }
+
+    /// The obs column or gene the embedding is coloured by.
+    pub fn color_key(&self) -> &str {
+        &self.color_key
     }
 
     pub fn basis(&self) -> &str {
@@ -858,7 +869,15 @@ impl CellforgeApp {
                     steps: Vec::new(),
                     version: next_version(),
                 });
-                self.work = None;
+                // A new session folder, unless the file was opened from the current one
+                // (its working copies go when the folder's session ends).
+                if !self
+                    .work
+                    .as_ref()
+                    .is_some_and(|w| self.dataset_source_in(&w.path))
+                {
+                    self.work = None;
+                }
                 self.labels = None;
                 self.tuned = None;
                 self.tuned_curves = None;
@@ -956,6 +975,12 @@ impl CellforgeApp {
                 self.integration = Some((description, metrics));
             }
         }
+    }
+
+    fn dataset_source_in(&self, dir: &Path) -> bool {
+        self.dataset
+            .as_ref()
+            .is_some_and(|d| d.source.starts_with(dir))
     }
 
     fn remember_recent(&mut self, path: &Path) {
@@ -1834,6 +1859,10 @@ impl CellforgeApp {
                     Some(k) => ui.label(format!("Classifier with {k} cell types ready.")),
                     None => ui.weak("Fine-tune a model with CLS first."),
                 };
+                if let Some(t) = &self.tuned {
+                    ui.weak(format!("Fine-tuned model saved in {}", t.dir.display()))
+                        .on_hover_text("Open this folder as a model later, or pass it to `cellforge annotate --model`");
+                }
                 ui.horizontal(|ui| {
                     let l = ui.label("Min. confidence");
                     ui.add(egui::Slider::new(&mut self.min_confidence, 0.0..=1.0))
@@ -2095,12 +2124,12 @@ impl CellforgeApp {
                 if combo(ui, "Column to edit", &mut col, &cats, false) {
                     self.edit_column = Some(col.clone());
                 }
-                labelled_text(ui, "or a new column", &mut self.rename_to, 120.0);
+                labelled_text(ui, "or a new column", &mut self.new_column, 120.0);
                 if ui.button("Start editing").clicked() {
-                    let c = if self.rename_to.trim().is_empty() {
+                    let c = if self.new_column.trim().is_empty() {
                         col
                     } else {
-                        std::mem::take(&mut self.rename_to)
+                        std::mem::take(&mut self.new_column)
                     };
                     self.edit_labels(&c);
                 }
@@ -2319,21 +2348,14 @@ impl CellforgeApp {
             }
             ui.horizontal(|ui| {
                 let l = ui.label("Gene");
-                let mut gene = String::new();
                 let r = ui
                     .add(
-                        egui::TextEdit::singleline(&mut gene)
+                        egui::TextEdit::singleline(&mut self.gene_color)
                             .desired_width(70.0)
                             .hint_text("CD3E"),
                     )
                     .labelled_by(l.id);
-                let id = r.id;
-                let mut typed: String =
-                    ui.data_mut(|m| m.get_temp::<String>(id).unwrap_or_default());
-                if r.changed() {
-                    typed = gene.clone();
-                    ui.data_mut(|m| m.insert_temp(id, typed.clone()));
-                }
+                let typed = self.gene_color.clone();
                 if r.lost_focus() && ui.input(|i| i.key_pressed(egui::Key::Enter)) {
                     if a.var_names().iter().any(|g| g == typed.trim()) {
                         self.color_key = typed.trim().to_string();

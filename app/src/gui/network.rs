@@ -50,17 +50,15 @@ pub fn build(a: &AnnData, seed: u64) -> Result<GeneNetwork, String> {
     for (i, k) in keep.iter_mut().enumerate() {
         *k = codes.get(i).is_some_and(|&c| c >= 0) || g.indptr[i + 1] > g.indptr[i];
     }
-    let index: Vec<Option<u32>> = {
-        let mut next = 0u32;
-        keep.iter()
-            .map(|&k| {
-                k.then(|| {
-                    next += 1;
-                    next - 1
-                })
-            })
-            .collect()
-    };
+    // Position of each kept gene among the kept ones.
+    let index: Vec<Option<u32>> = keep
+        .iter()
+        .scan(0u32, |next, &k| {
+            let here = *next;
+            *next += u32::from(k);
+            Some(k.then_some(here))
+        })
+        .collect();
     let genes: Vec<String> = (0..n_vars)
         .filter(|&i| keep[i])
         .map(|i| a.var_names()[i].clone())

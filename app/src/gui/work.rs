@@ -81,6 +81,21 @@ impl WorkDir {
     }
 }
 
+impl Drop for WorkDir {
+    /// Working copies of the data go when the session ends; the label journal (the only
+    /// record of unexported edits) and fine-tuned models stay.
+    fn drop(&mut self) {
+        if let Ok(rd) = std::fs::read_dir(&self.path) {
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_file() && p.extension().is_some_and(|x| x == "h5ad") {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    }
+}
+
 fn read_dataset(path: &Path) -> Result<(AnnData, Vec<String>), Failure> {
     read_h5ad_with_warnings(path)
         .map(|(a, w)| (a, w.iter().map(|w| w.to_string()).collect()))
@@ -499,10 +514,7 @@ pub fn finetune(
         }
         r.flow()
     })
-    .map_err(|e| match e {
-        TrainError::Cancelled => Failure::new("Cancelled", ""),
-        e => Failure::new("Fine-tuning failed", e),
-    })?;
+    .map_err(|e| train_failure("Fine-tuning failed", e))?;
     let h = summary.history;
     let msg = format!(
         "Fine-tuned on {} cells in {:.1} s ({} cell types) on {}",
@@ -541,18 +553,8 @@ pub fn annotate(
         seed: 0,
     };
     r.stage("Predicting");
-    let s = run_annotate(&req, &mut |e| {
-        match e {
-            AnnotateEvent::Device(d) => r.log(format!("device: {d}")),
-            AnnotateEvent::Progress { done, total } => r.progress(done as u64, total as u64),
-            AnnotateEvent::Writing => r.stage("Writing"),
-        }
-        r.flow()
-    })
-    .map_err(|e| match e {
-        TrainError::Cancelled => Failure::new("Cancelled", ""),
-        e => Failure::new("Annotation failed", e),
-    })?;
+    let s = run_annotate(&req, &mut |e| annotate_event(r, e))
+        .map_err(|e| train_failure("Annotation failed", e))?;
     let msg = format!(
         "Annotated {} cells ({} below confidence {min_confidence}, labelled Unknown) into obs \
          predicted_cell_type",
@@ -561,6 +563,24 @@ pub fn annotate(
     );
     r.log(msg.clone());
     dataset_output(output, msg, r)
+}
+
+/// Progress of an annotate or map run, reported to the job bar.
+fn annotate_event(r: &Reporter, e: AnnotateEvent) -> std::ops::ControlFlow<()> {
+    match e {
+        AnnotateEvent::Device(d) => r.log(format!("device: {d}")),
+        AnnotateEvent::Progress { done, total } => r.progress(done as u64, total as u64),
+        AnnotateEvent::Writing => r.stage("Writing"),
+    }
+    r.flow()
+}
+
+/// An engine error in words (a cancellation is not a failure: the job ends as cancelled).
+fn train_failure(title: &str, e: TrainError) -> Failure {
+    match e {
+        TrainError::Cancelled => Failure::new("Cancelled", ""),
+        e => Failure::new(title, e),
+    }
 }
 
 /// The label column being edited, as it goes into the exported file.
@@ -625,31 +645,19 @@ pub fn export(
                 format!("{} labels for {} cells", l.codes.len(), a.n_obs()),
             ));
         }
-        let labels: Vec<Option<&str>> = l
-            .codes
-            .iter()
-            .map(|&c| {
-                usize::try_from(c)
-                    .ok()
-                    .and_then(|c| l.categories.get(c))
-                    .map(|s| s.as_str())
-            })
-            .collect();
-        let mut cat = Categorical::from_labels(&labels);
-        // Keep the session's category order (legend order), not first appearance.
-        let names = l.categories.clone();
-        let index: std::collections::HashMap<&str, i32> = names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.as_str(), i as i32))
-            .collect();
-        cat.codes = labels
-            .iter()
-            .map(|x| x.and_then(|n| index.get(n).copied()).unwrap_or(-1))
-            .collect();
-        cat.categories = Box::new(Element::Strings(
-            cellforge_core::anndata::StringArray::from_vec(names),
-        ));
+        // The session's categories in its order (the legend's), codes as they are.
+        let k = l.categories.len() as i32;
+        let cat = Categorical {
+            codes: l
+                .codes
+                .iter()
+                .map(|&c| if (0..k).contains(&c) { c } else { -1 })
+                .collect(),
+            categories: Box::new(Element::Strings(
+                cellforge_core::anndata::StringArray::from_vec(l.categories.clone()),
+            )),
+            ordered: false,
+        };
         a.obs.set_column(&l.column, Element::Categorical(cat));
         let src: Vec<Option<&str>> = l.sources.iter().map(|s| Some(*s)).collect();
         a.obs.set_column(
@@ -848,18 +856,8 @@ pub fn map(
         max_length: EmbedOptions::default().max_length,
     };
     r.stage("Embedding the reference and the query");
-    let s = run_map(&req, &mut |e| {
-        match e {
-            AnnotateEvent::Device(d) => r.log(format!("device: {d}")),
-            AnnotateEvent::Progress { done, total } => r.progress(done as u64, total as u64),
-            AnnotateEvent::Writing => r.stage("Writing"),
-        }
-        r.flow()
-    })
-    .map_err(|e| match e {
-        TrainError::Cancelled => Failure::new("Cancelled", ""),
-        e => Failure::new("Reference mapping failed", e),
-    })?;
+    let s = run_map(&req, &mut |e| annotate_event(r, e))
+        .map_err(|e| train_failure("Reference mapping failed", e))?;
     let msg = format!(
         "Mapped {} cells onto the reference's {label_key} (obs mapped_cell_type)",
         cellforge_core::fmt::thousands(s.n_cells as u64)
