@@ -51,10 +51,15 @@ fn click(h: &mut Harness<'static, CellforgeApp>, label: &str) {
     h.run_steps(1);
 }
 
-/// Presses the job bar's Cancel at once (the bar does not scroll).
+/// Presses the job bar's Cancel at once (the bar does not scroll; the button sits before the
+/// changing stage text, so it is where the last frame drew it).
 fn cancel(h: &mut Harness<'static, CellforgeApp>) {
     h.get_by_label("Cancel").click();
     h.run_steps(1);
+    assert!(
+        h.state().is_cancelling(),
+        "the Cancel click did not reach the running job"
+    );
 }
 
 fn open_demo_with_model(h: &mut Harness<'static, CellforgeApp>) {

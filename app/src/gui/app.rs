@@ -375,6 +375,11 @@ impl CellforgeApp {
         self.points.is_some() && self.scatter.index().is_some()
     }
 
+    /// True once Cancel was pressed on the running job (until it ends).
+    pub fn is_cancelling(&self) -> bool {
+        self.job.as_ref().is_some_and(|j| j.is_cancelling())
+    }
+
     /// `(done, total)` of the running job, when it reports progress.
     pub fn job_progress(&self) -> Option<(u64, u64)> {
         self.job.as_ref().and_then(|j| j.progress)
@@ -2913,22 +2918,24 @@ impl CellforgeApp {
 
     fn job_ui(&mut self, ui: &mut egui::Ui) {
         if let Some(j) = &self.job {
+            // Fixed-width parts first, so the Cancel button never moves while the stage text
+            // changes under the pointer.
             ui.horizontal(|ui| {
                 ui.spinner();
-                ui.strong(j.title());
-                ui.label(&j.stage);
+                if j.is_cancelling() {
+                    ui.add_enabled(false, egui::Button::new("Cancelling…"));
+                } else if ui.button("Cancel").clicked() {
+                    j.cancel();
+                }
                 let frac = j.fraction().unwrap_or(0.0);
                 let mut text = format!("{:.0}%", frac * 100.0);
                 if let Some(eta) = j.eta() {
                     text.push_str(&format!(", {} left", jobs::format_duration(eta)));
                 }
                 ui.add(egui::ProgressBar::new(frac).desired_width(240.0).text(text));
-                ui.label(jobs::format_duration(j.started.elapsed()));
-                if j.is_cancelling() {
-                    ui.weak("Cancelling…");
-                } else if ui.button("Cancel").clicked() {
-                    j.cancel();
-                }
+                ui.strong(j.title());
+                ui.label(&j.stage);
+                ui.weak(jobs::format_duration(j.started.elapsed()));
             });
         } else if let Some(n) = &self.notice {
             ui.horizontal(|ui| {
