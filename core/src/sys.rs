@@ -19,3 +19,24 @@ pub fn tune_allocator() {
         }
     }
 }
+
+/// The text of a caught panic's payload (`panic!` with a message or a literal).
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Whether a panic raised by the compute backend is a device allocation failure
+/// (cubecl/burn report device out-of-memory by panicking; CUDA says
+/// `CUDA_ERROR_OUT_OF_MEMORY`, wgpu "out of memory" / "OutOfMemory"). Embedding and training
+/// back off on these.
+pub fn is_oom_message(msg: &str) -> bool {
+    let m = msg.to_ascii_lowercase();
+    m.contains("out of memory")
+        || m.contains("outofmemory")
+        || m.contains("out_of_memory")
+        || m.contains("failed to allocate")
+        || m.contains("allocation failed")
+}

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use cellforge_core::io::BackedH5ad;
 use cellforge_core::model::ModelFiles;
-use cellforge_core::tl::embed::{EmbedError, EmbedOptions, embed_backed, is_oom_message};
+use cellforge_core::sys::is_oom_message;
+use cellforge_core::tl::embed::{EmbedError, EmbedOptions, embed_backed};
 
 type Cpu = burn::backend::Flex;
 

@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use super::{
     Anchor, BLACK, Canvas, Disc, FigureError, Rect, TextItem, encode_png, hex, pixel_size,
+    xml_escape,
 };
 
 #[derive(Debug, Clone)]
@@ -221,12 +222,6 @@ impl Sketch {
         }
         encode_png(&canvas, dpi)
     }
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 impl Canvas {

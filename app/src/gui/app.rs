@@ -164,6 +164,8 @@ pub struct CellforgeApp {
     ctx: egui::Context,
     dataset: Option<Dataset>,
     model: Option<ModelInfo>,
+    /// `((data version, model folder), genes matched, dataset genes)` for the Model panel.
+    genes_matched: Option<((u64, PathBuf), usize, usize)>,
     tuned: Option<Tuned>,
     work: Option<WorkDir>,
     work_root: Option<PathBuf>,
@@ -245,6 +247,7 @@ impl CellforgeApp {
             ctx,
             dataset: None,
             model: None,
+            genes_matched: None,
             tuned: None,
             work: None,
             work_root: None,
@@ -1652,6 +1655,7 @@ impl CellforgeApp {
         let busy = self.job.is_some();
         let Some(d) = &self.dataset else { return };
         let a = d.adata.clone();
+        let version = d.version;
         let cats = categorical_columns(&a);
         let obsm = embeddings(&a);
 
@@ -1683,13 +1687,21 @@ impl CellforgeApp {
                     Some(m) => {
                         ui.strong(file_name(&m.dir));
                         ui.label(&m.architecture);
-                        let genes = a.var_names().to_vec();
-                        let matched = m.vocab.match_genes(&genes);
+                        // Matched once per (data version, model), not every frame.
+                        let key = (version, m.dir.clone());
+                        let (n_matched, n_genes) = match &self.genes_matched {
+                            Some((k, n, g)) if *k == key => (*n, *g),
+                            _ => {
+                                let r = m.vocab.match_genes(a.var_names());
+                                self.genes_matched = Some((key, r.n_matched, r.n_genes));
+                                (r.n_matched, r.n_genes)
+                            }
+                        };
                         ui.label(format!(
                             "Vocabulary {} genes; {} of {} dataset genes matched",
                             cellforge_core::fmt::thousands(m.vocab.len() as u64),
-                            cellforge_core::fmt::thousands(matched.n_matched as u64),
-                            cellforge_core::fmt::thousands(matched.n_genes as u64)
+                            cellforge_core::fmt::thousands(n_matched as u64),
+                            cellforge_core::fmt::thousands(n_genes as u64)
                         ));
                         if !m.classes.is_empty() {
                             ui.label(format!("Classifier: {} cell types", m.classes.len()));
@@ -2604,12 +2616,13 @@ impl CellforgeApp {
 
     /// Compares `bench_predicted` with `bench_truth` (the Benchmark tab's "Compare").
     pub fn compare_labels(&mut self) {
-        let Some(d) = &self.dataset else { return };
-        self.comparison = Some(super::bench::compare(
-            &self.labels_applied(&d.adata),
-            &self.bench_truth,
-            &self.bench_predicted,
-        ));
+        let r = self
+            .label_values(&self.bench_truth)
+            .and_then(|t| Ok((t, self.label_values(&self.bench_predicted)?)))
+            .and_then(|(t, p)| {
+                super::bench::compare(&self.bench_truth, &t, &self.bench_predicted, &p)
+            });
+        self.comparison = Some(r);
     }
 
     /// The comparison shown in the Benchmark tab.
@@ -2617,31 +2630,42 @@ impl CellforgeApp {
         self.comparison.as_ref()
     }
 
-    /// The data with the label column being curated written into obs (what export writes).
-    fn labels_applied(&self, a: &Arc<AnnData>) -> Arc<AnnData> {
-        let Some(l) = &self.labels else {
-            return a.clone();
-        };
-        let mut b = (**a).clone();
-        let c = l.session.column();
-        let labels: Vec<Option<&str>> = (0..c.n_cells()).map(|i| c.label_of(i)).collect();
-        b.obs.set_column(
-            &l.column,
-            Element::Categorical(cellforge_core::anndata::Categorical::from_labels(&labels)),
-        );
-        Arc::new(b)
+    /// One label per cell of `column`: the curated labels when it is the column being edited
+    /// (what export writes), otherwise obs as stored.
+    fn label_values(&self, column: &str) -> Result<Vec<Option<String>>, String> {
+        if let Some(l) = self.labels.as_ref().filter(|l| l.column == column) {
+            let c = l.session.column();
+            return Ok((0..c.n_cells())
+                .map(|i| c.label_of(i).map(str::to_string))
+                .collect());
+        }
+        let d = self.dataset.as_ref().ok_or("no dataset is open")?;
+        Ok(d.adata.obs.categorical(column)?.labels())
     }
 
     pub fn run_integration(&mut self) {
         let Some(d) = &self.dataset else { return };
-        let adata = self.labels_applied(&d.adata);
+        let adata = d.adata.clone();
+        let labels = self.label_values(&self.bench_truth);
+        let batches = if self.bench_batch.is_empty() {
+            Ok(None)
+        } else {
+            self.label_values(&self.bench_batch).map(Some)
+        };
+        let (labels, batches) = match (labels, batches) {
+            (Ok(l), Ok(b)) => (l, b),
+            (Err(e), _) | (_, Err(e)) => {
+                self.error = Some(Failure::new("Could not compute the integration metrics", e));
+                return;
+            }
+        };
         let (rep, label, batch) = (
             self.umap.use_rep.clone(),
             self.bench_truth.clone(),
             self.bench_batch.clone(),
         );
         self.start(JobKind::Metrics, move |r| {
-            work::integration(adata, rep, label, batch, r)
+            work::integration(adata, rep, (label, labels), (batch, batches), r)
         });
     }
 

@@ -5,7 +5,6 @@
 
 use cellforge_core::analysis::integration::IntegrationMetrics;
 use cellforge_core::analysis::metrics::{ClassificationReport, classification_report};
-use cellforge_core::anndata::AnnData;
 use egui::{Color32, RichText};
 
 /// Truth vs prediction, with class names.
@@ -20,10 +19,14 @@ pub struct Comparison {
     pub skipped: usize,
 }
 
-/// Compares two label columns of `a` cell by cell; cells missing either label are left out.
-pub fn compare(a: &AnnData, truth: &str, predicted: &str) -> Result<Comparison, String> {
-    let t = a.obs.categorical(truth)?.labels();
-    let p = a.obs.categorical(predicted)?.labels();
+/// Compares two label columns cell by cell (`truth` and `predicted` name them, `t` and `p`
+/// hold one label per cell); cells missing either label are left out.
+pub fn compare(
+    truth: &str,
+    t: &[Option<String>],
+    predicted: &str,
+    p: &[Option<String>],
+) -> Result<Comparison, String> {
     let mut names: Vec<String> = Vec::new();
     let mut index = std::collections::HashMap::<String, u32>::new();
     let mut code = |s: &str| -> u32 {
@@ -36,7 +39,7 @@ pub fn compare(a: &AnnData, truth: &str, predicted: &str) -> Result<Comparison, 
         c
     };
     let (mut yt, mut yp, mut skipped) = (Vec::new(), Vec::new(), 0);
-    for (x, y) in t.iter().zip(&p) {
+    for (x, y) in t.iter().zip(p) {
         match (x, y) {
             (Some(x), Some(y)) => {
                 yt.push(code(x));

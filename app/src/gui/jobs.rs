@@ -207,11 +207,7 @@ pub fn spawn(
         .spawn(move || {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&reporter)))
                 .unwrap_or_else(|p| {
-                    let what = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
+                    let what = cellforge_core::sys::panic_message(p.as_ref());
                     Err(Failure::new(
                         "cellforge hit an internal error; your data is unchanged",
                         what,

@@ -73,45 +73,22 @@ pub fn build(a: &AnnData, seed: u64) -> Result<GeneNetwork, String> {
             "only {n} genes have programs or similar genes; lower the threshold"
         ));
     }
+    // Each pair once (the stored matrix is symmetric), `a < b` in the kept numbering.
     let mut edges = Vec::new();
-    let mut indptr = vec![0usize];
-    let mut indices = Vec::new();
-    let mut data = Vec::new();
     let mut min_similarity = f32::INFINITY;
     for i in 0..n_vars {
         let Some(ni) = index[i] else { continue };
         for k in g.indptr[i]..g.indptr[i + 1] {
-            let j = g.indices[k] as usize;
             let w = g.data[k];
-            if let Some(nj) = index.get(j).copied().flatten()
-                && nj != ni
+            if let Some(nj) = index.get(g.indices[k] as usize).copied().flatten()
+                && ni < nj
                 && w.is_finite()
                 && w > 0.0
             {
-                indices.push(nj);
-                data.push(w.min(1.0));
-                if ni < nj {
-                    edges.push((ni, nj, w));
-                    min_similarity = min_similarity.min(w);
-                }
+                edges.push((ni, nj, w));
+                min_similarity = min_similarity.min(w);
             }
         }
-        // rows must have increasing columns: sort this row's slice
-        let start = *indptr.last().unwrap_or(&0);
-        let mut row: Vec<(u32, f32)> = indices[start..]
-            .iter()
-            .copied()
-            .zip(data[start..].iter().copied())
-            .collect();
-        row.sort_by_key(|e| e.0);
-        row.dedup_by_key(|e| e.0);
-        indices.truncate(start);
-        data.truncate(start);
-        for (j, w) in row {
-            indices.push(j);
-            data.push(w);
-        }
-        indptr.push(indices.len());
     }
     edges.sort_by(|a, b| b.2.total_cmp(&a.2));
     // The layout: UMAP of the genes' embeddings (15 nearest by cosine), which keeps programs
@@ -130,10 +107,7 @@ pub fn build(a: &AnnData, seed: u64) -> Result<GeneNetwork, String> {
             let g = neighbors(&x, 15.min(n - 1), Metric::Cosine).map_err(|e| e.to_string())?;
             umap(&g.connectivities, None, &opts(seed))
         }
-        _ => {
-            let graph = CsrMatrix::new(n, n, indptr, indices, data).map_err(|e| e.to_string())?;
-            umap(&graph, None, &opts(seed))
-        }
+        _ => umap(&symmetric_graph(n, &edges)?, None, &opts(seed)),
     }
     .map_err(|e| e.to_string())?;
     let positions = layout
@@ -153,6 +127,26 @@ pub fn build(a: &AnnData, seed: u64) -> Result<GeneNetwork, String> {
             0.0
         },
     })
+}
+
+/// The similarity graph over the kept genes as a symmetric CSR matrix (weights capped at 1),
+/// for the layout of files without gene embeddings.
+fn symmetric_graph(n: usize, edges: &[(u32, u32, f32)]) -> Result<CsrMatrix<f32>, String> {
+    let mut rows: Vec<Vec<(u32, f32)>> = vec![Vec::new(); n];
+    for &(a, b, w) in edges {
+        rows[a as usize].push((b, w.min(1.0)));
+        rows[b as usize].push((a, w.min(1.0)));
+    }
+    let mut indptr = vec![0usize];
+    let (mut indices, mut data) = (Vec::new(), Vec::new());
+    for r in &mut rows {
+        r.sort_by_key(|e| e.0);
+        r.dedup_by_key(|e| e.0);
+        indices.extend(r.iter().map(|e| e.0));
+        data.extend(r.iter().map(|e| e.1));
+        indptr.push(indices.len());
+    }
+    CsrMatrix::new(n, n, indptr, indices, data).map_err(|e| e.to_string())
 }
 
 fn opts(seed: u64) -> UmapOptions {

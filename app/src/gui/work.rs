@@ -690,12 +690,13 @@ pub fn export(
     Ok(Output::Exported { path, message: msg })
 }
 
-/// scib-style integration metrics of `obsm[rep]` against a label and a batch column.
+/// scib-style integration metrics of `obsm[rep]` against a label column and an optional batch
+/// column, each given as its name and one value per cell.
 pub fn integration(
     adata: Arc<AnnData>,
     rep: String,
-    label_key: String,
-    batch_key: String,
+    (label_key, labels): (String, Vec<Option<String>>),
+    (batch_key, batches): (String, Option<Vec<Option<String>>>),
     r: &Reporter,
 ) -> Result<Output, Failure> {
     use cellforge_core::analysis::integration::{IntegrationOptions, integration_metrics};
@@ -703,26 +704,28 @@ pub fn integration(
     let bad = |e: String| Failure::new("Could not compute the integration metrics", e);
     let m = cellforge_core::tl::analyze::representation(&adata, Some(&rep), None)
         .map_err(|e| bad(e.to_string()))?;
-    let codes = |key: &str| -> Result<Vec<u32>, Failure> {
-        let c = adata.obs.categorical(key).map_err(bad)?;
-        c.codes
+    // Codes in order of first appearance (the metrics do not depend on the numbering).
+    let codes = |key: &str, values: &[Option<String>]| -> Result<Vec<u32>, Failure> {
+        let mut seen = std::collections::HashMap::<&str, u32>::new();
+        values
             .iter()
             .enumerate()
-            .map(|(i, &k)| {
-                u32::try_from(k).map_err(|_| {
+            .map(|(i, v)| {
+                let v = v.as_deref().ok_or_else(|| {
                     bad(format!(
                         "cell {} has no value in {key}; integration metrics need every cell labelled",
                         adata.obs_names().get(i).cloned().unwrap_or_default()
                     ))
-                })
+                })?;
+                let next = seen.len() as u32;
+                Ok(*seen.entry(v).or_insert(next))
             })
             .collect()
     };
-    let labels = codes(&label_key)?;
-    let batches = if batch_key.is_empty() {
-        vec![0; labels.len()]
-    } else {
-        codes(&batch_key)?
+    let labels = codes(&label_key, &labels)?;
+    let batches = match &batches {
+        None => vec![0; labels.len()],
+        Some(b) => codes(&batch_key, b)?,
     };
     let mat = m.matrix().map_err(|e| bad(e.to_string()))?;
     let metrics = integration_metrics(&mat, &labels, &batches, &IntegrationOptions::default())

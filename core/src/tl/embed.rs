@@ -43,25 +43,6 @@ impl Default for EmbedOptions {
     }
 }
 
-/// Whether a panic raised by the backend during a forward pass is an allocation failure
-/// (cubecl/burn report device out-of-memory by panicking; CUDA says
-/// `CUDA_ERROR_OUT_OF_MEMORY`, wgpu "out of memory" / "OutOfMemory").
-pub fn is_oom_message(msg: &str) -> bool {
-    let m = msg.to_ascii_lowercase();
-    m.contains("out of memory")
-        || m.contains("outofmemory")
-        || m.contains("out_of_memory")
-        || m.contains("failed to allocate")
-        || m.contains("allocation failed")
-}
-
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EmbedError {
     #[error("reading X: {0}")]
@@ -297,8 +278,8 @@ pub fn embed_backed<B: Backend>(
             let host = match attempt {
                 Ok(r) => r?,
                 Err(p) => {
-                    let msg = panic_text(p.as_ref());
-                    if !is_oom_message(&msg) {
+                    let msg = crate::sys::panic_message(p.as_ref());
+                    if !crate::sys::is_oom_message(&msg) {
                         return Err(EmbedError::Backend(msg));
                     }
                     if batch_size == 1 {

@@ -876,12 +876,8 @@ pub fn train<B: AutodiffBackend>(
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(p) => {
-                    let msg = p
-                        .downcast_ref::<String>()
-                        .cloned()
-                        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                        .unwrap_or_else(|| "unknown panic".into());
-                    if !crate::tl::embed::is_oom_message(&msg) {
+                    let msg = crate::sys::panic_message(p.as_ref());
+                    if !crate::sys::is_oom_message(&msg) {
                         return Err(TrainError::Device(msg));
                     }
                     if idx.len() <= 1 || state.batch_split >= 16 {
