@@ -92,13 +92,42 @@ fn pretrain_finetune_annotate_map_on_real_data() {
 
     let ft = dir.path().join("ft");
     let mut a = finetune_args(s(&data), s(&pre), s(&ft));
-    a.extend_from_slice(&["--epochs", "2", "--batch-size", "64"]);
+    a.extend_from_slice(&[
+        "--epochs",
+        "2",
+        "--batch-size",
+        "64",
+        "--cell-emb",
+        "avg-pool",
+    ]);
     let o = cellforge(&a);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("9 classes"), "{t}");
     assert!(t.contains("validation after epoch 2"), "{t}");
     assert!(ft.join("labels.json").is_file() && ft.join("train_log.json").is_file());
+    // the classifier reads the mean of the gene tokens, and annotate uses the same style
+    let config = std::fs::read_to_string(ft.join("config.json")).expect("config");
+    assert!(
+        config.contains("\"cell_emb_style\": \"avg-pool\""),
+        "{config}"
+    );
+    let bad = cellforge(&[
+        "finetune",
+        "--reference",
+        s(&data),
+        "--model",
+        s(&pre),
+        "--output",
+        s(&ft),
+        "--cell-emb",
+        "max",
+    ]);
+    assert!(
+        !bad.status.success() && text(&bad).contains("unknown cell embedding \"max\""),
+        "{}",
+        text(&bad)
+    );
 
     let out = dir.path().join("annotated.h5ad");
     let o = cellforge(&[

@@ -4,13 +4,14 @@
 //!    query = 3pv1, label `cell_type`:
 //!    (a) a small scGPT-architecture model pretrained by cellforge (generative objective) on
 //!    the available counts (symphony + harmony), then fine-tuned with CLS on the
-//!    reference, annotating the query;
+//!    reference (every expressed gene, class-balanced loss, mean-pooled cell; see the
+//!    environment below for scGPT's plain recipe), annotating the query;
 //!    (b) zero-shot kNN mapping (k = 10) with the pretrained model's embeddings;
 //!    (c) CellTypist-style logistic regression on log1p CP10k (scikit-learn, run by
 //!    `scripts/bench/annotation_baselines.py` in the same run).
 //!    Accuracy and macro F1 of each, side by side.
 //! 2. pbmc68k_reduced `bulk_labels`, stratified 5-fold (the baseline script's folds): the
-//!    same pretrain -> fine-tune per fold, against the same logistic regression.
+//!    same pretrained model fine-tuned per fold, against the same logistic regression.
 //! 3. Integration on symphony's three chemistries: AvgBIO / AvgBATCH of the pretrained
 //!    model's embedding, and after fine-tuning with batch tokens + DSBN + DAR + ECS (+ GEP,
 //!    GEPC), by cellforge's metrics and by scib on the same embeddings
@@ -18,9 +19,13 @@
 //!
 //! Run: `cargo bench -p cellforge-core --bench annotation`. Environment (optional):
 //! `BENCH_D_MODEL` (64), `BENCH_LAYERS` (4), `BENCH_HEADS` (4), `BENCH_PRE_EPOCHS` (15),
-//! `BENCH_FT_EPOCHS` (15), `BENCH_MAX_LEN` (256), `BENCH_PRETRAINED` (a model folder an
+//! `BENCH_FT_EPOCHS` (15), `BENCH_FT_LR` (1e-3), `BENCH_MAX_LEN` (256, pretraining and zero-shot mapping),
+//! `BENCH_FT_MAX_LEN` (3001, i.e. every expressed gene: the annotation fine-tunes; the
+//! integration fine-tune uses `BENCH_MAX_LEN`), `BENCH_PRETRAINED` (a model folder an
 //! earlier run pretrained on the same corpus, reused instead of pretraining), `BENCH_BALANCE`
-//! (`1`: class-balanced CLS loss), `BENCH_SKIP` (comma list of `symphony`,
+//! (`0`: plain CLS loss; default class-balanced), `BENCH_CELL_EMB` (`avg-pool` default,
+//! `cls`, `w-pool`: how the classifier reads the cell), `BENCH_PBMC_OWN_PRETRAIN` (`1`:
+//! pretrain pbmc68k's own model), `BENCH_SKIP` (comma list of `symphony`,
 //! `pbmc68k`, `integration`), `BENCH_DIR` (default `<repo>/target/bench-data/annotation`),
 //! `CELLFORGE_SHARED_DATA`, `CELLFORGE_PYTHON` (default `<repo>/.venv/bin/python`).
 
@@ -38,7 +43,7 @@ use cellforge_core::analysis::metrics::classification_report;
 use cellforge_core::anndata::{AnnData, ArrayData, DenseArray, Element};
 use cellforge_core::device::DeviceRequest;
 use cellforge_core::io::{WriteOptions, read_h5ad, write_h5ad};
-use cellforge_core::model::ModelFiles;
+use cellforge_core::model::{CellEmbStyle, ModelFiles};
 use cellforge_core::tl::annotate::{AnnotateRequest, MapRequest, embed_set, run_annotate, run_map};
 use cellforge_core::tl::embed_job::GeneColumn;
 use cellforge_core::train::data::{CellQuery, TokenSettings};
@@ -86,7 +91,16 @@ struct Settings {
     size: ModelSize,
     pre_epochs: usize,
     ft_epochs: usize,
+    /// Tokens per cell when pretraining (and for zero-shot mapping).
     max_len: usize,
+    /// Tokens per cell when fine-tuning and annotating.
+    ft_max_len: usize,
+    /// Fine-tuning learning rate.
+    ft_lr: f64,
+    /// Class-balanced CLS loss.
+    balance: bool,
+    /// How the classifier reads the cell.
+    cell_emb: CellEmbStyle,
 }
 
 fn train_config(s: &Settings, epochs: usize, lr: f64, generative: bool) -> TrainConfig {
@@ -108,7 +122,7 @@ fn train_config(s: &Settings, epochs: usize, lr: f64, generative: bool) -> Train
         epochs,
         lr,
         tokens: TokenSettings {
-            max_len: s.max_len,
+            max_len: if generative { s.max_len } else { s.ft_max_len },
             ..base.tokens.clone()
         },
         ..base
@@ -158,9 +172,10 @@ fn finetune(
     integration: bool,
 ) -> f64 {
     let t = Instant::now();
-    let mut cfg = train_config(s, s.ft_epochs, 1e-3, false);
+    let mut cfg = train_config(s, s.ft_epochs, s.ft_lr, false);
     cfg.objectives = objectives;
     if integration {
+        cfg.tokens.max_len = s.max_len;
         cfg.mask_ratio = 0.4;
         cfg.use_batch_labels = true;
         cfg.by_batch = true;
@@ -179,7 +194,8 @@ fn finetune(
         resume: false,
         dsbn: integration,
         explicit_zero_prob: integration,
-        balance_classes: std::env::var("BENCH_BALANCE").is_ok_and(|v| v == "1"),
+        balance_classes: s.balance,
+        cell_emb: (!integration).then_some(s.cell_emb),
         dropout: 0.2,
     };
     let mut p = printer("finetune");
@@ -303,15 +319,31 @@ fn main() {
         pre_epochs: env_usize("BENCH_PRE_EPOCHS", 15),
         ft_epochs: env_usize("BENCH_FT_EPOCHS", 15),
         max_len: env_usize("BENCH_MAX_LEN", 256),
+        // scGPT's annotation recipe: every expressed gene (its max_seq_len is 3001)
+        ft_max_len: env_usize("BENCH_FT_MAX_LEN", 3001),
+        ft_lr: std::env::var("BENCH_FT_LR")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1e-3),
+        balance: std::env::var("BENCH_BALANCE").map_or(true, |v| v != "0"),
+        cell_emb: match std::env::var("BENCH_CELL_EMB").as_deref() {
+            Ok("cls") => CellEmbStyle::Cls,
+            Ok("w-pool") => CellEmbStyle::WPool,
+            _ => CellEmbStyle::AvgPool,
+        },
     };
     println!(
-        "model: d_model {}, {} layers, {} heads; pretrain {} epochs, fine-tune {} epochs, max_len {}, CPU ({} threads)",
+        "model: d_model {}, {} layers, {} heads; pretrain {} epochs (max_len {}), fine-tune {} epochs (max_len {}, lr {}, balanced {}, {:?}), CPU ({} threads)",
         d,
         s.size.nlayers,
         s.size.nhead,
         s.pre_epochs,
-        s.ft_epochs,
         s.max_len,
+        s.ft_epochs,
+        s.ft_max_len,
+        s.ft_lr,
+        s.balance,
+        s.cell_emb,
         rayon::current_num_threads()
     );
     let t0 = Instant::now();
@@ -422,16 +454,27 @@ fn main() {
             .iter()
             .map(|v| v.as_u64().unwrap_or(0))
             .collect();
-        let pre_pb = dir.join("pbmc_pretrained");
         let mut c = pb.clone();
-        // pretrain on the log-normalised raw matrix (X is scaled, with negative values)
         c.obs.set_column(
             "cell_type",
             c.obs.column("bulk_labels").expect("bulk_labels").clone(),
         );
         let pb_file = dir.join("pbmc68k.h5ad");
         write_h5ad(&c, &pb_file, &WriteOptions::default()).expect("write pbmc");
-        let pre_s = pretrain(&s, vec![pb_file.clone()], Some("raw"), &pre_pb);
+        // The model pretrained on the count corpus (742 of pbmc68k's 765 genes are in its
+        // vocabulary); BENCH_PBMC_OWN_PRETRAIN=1 pretrains one on pbmc68k's own 700
+        // log-normalised cells instead (raw/X: X is scaled, with negative values).
+        let (pre_pb, pre_note) = if std::env::var("BENCH_PBMC_OWN_PRETRAIN").is_ok_and(|v| v == "1")
+        {
+            let p = dir.join("pbmc_pretrained");
+            let t = pretrain(&s, vec![pb_file.clone()], Some("raw"), &p);
+            (p, format!("pretrained on pbmc68k's 700 cells ({t:.0} s)"))
+        } else {
+            (
+                pre.clone(),
+                "the count corpus' pretrained model".to_string(),
+            )
+        };
         let (mut accs, mut f1s) = (Vec::new(), Vec::new());
         for f in 0..5u64 {
             let train: Vec<usize> = (0..folds.len()).filter(|&i| folds[i] != f).collect();
@@ -468,7 +511,7 @@ fn main() {
             "cellforge pretrain + fine-tune (CLS)",
             mean(&accs),
             mean(&f1s),
-            &format!("pretrain {pre_s:.0} s; per-fold F1 {f1s:.3?}"),
+            &format!("{pre_note}; per-fold F1 {f1s:.3?}"),
         );
         row(
             "logistic regression (CellTypist-style)",
@@ -533,7 +576,11 @@ fn main() {
                 .expect("build");
             let (tokens, use_batch, batch_key, fixed) = match ModelLabels::read(model_dir) {
                 Ok(l) => (l.tokens, l.use_batch_labels, l.batch_key, Some(l.batches)),
-                Err(_) => (train_config(&s, 1, 1e-3, false).tokens, false, None, None),
+                Err(_) => {
+                    let mut t = train_config(&s, 1, 1e-3, false).tokens;
+                    t.max_len = s.max_len;
+                    (t, false, None, None)
+                }
             };
             let tokens = TokenSettings {
                 cls_value: if files.config.generative && batch_key.is_none() {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use cellforge_core::device::DeviceRequest;
+use cellforge_core::model::CellEmbStyle;
 use cellforge_core::tl::embed_job::GeneColumn;
 use cellforge_core::train::data::TokenSettings;
 use cellforge_core::train::finetune::{FinetuneEvent, FinetuneRequest, run_finetune};
@@ -179,6 +180,11 @@ pub struct FinetuneArgs {
     /// common ones (not in scGPT's recipe; helps macro F1).
     #[arg(long)]
     pub balance_classes: bool,
+    /// How the classifier reads a cell: `cls` (the `<cls>` token, scGPT's default),
+    /// `avg-pool` (mean over the cell's genes; learns faster for small models and few
+    /// cells) or `w-pool`. Default: the base model's style.
+    #[arg(long, value_parser = parse_cell_emb)]
+    pub cell_emb: Option<CellEmbStyle>,
     /// ECS similarity threshold (integration tutorial: 0.8).
     #[arg(long, default_value_t = 0.8)]
     pub ecs_threshold: f64,
@@ -356,6 +362,7 @@ pub fn run_finetune_cmd(a: &FinetuneArgs) -> anyhow::Result<()> {
         dsbn: a.dsbn,
         explicit_zero_prob: a.explicit_zero_prob,
         balance_classes: a.balance_classes,
+        cell_emb: a.cell_emb,
         dropout: c.dropout,
     };
     let mut p = Printer::new();
@@ -481,4 +488,15 @@ pub fn run_pretrain_cmd(a: &PretrainArgs) -> anyhow::Result<()> {
         a.output.display()
     );
     Ok(())
+}
+
+fn parse_cell_emb(s: &str) -> Result<CellEmbStyle, String> {
+    match s {
+        "cls" => Ok(CellEmbStyle::Cls),
+        "avg-pool" | "avg" | "mean" => Ok(CellEmbStyle::AvgPool),
+        "w-pool" => Ok(CellEmbStyle::WPool),
+        other => Err(format!(
+            "unknown cell embedding \"{other}\" (use cls, avg-pool or w-pool)"
+        )),
+    }
 }

@@ -2107,6 +2107,8 @@ impl CellforgeApp {
         );
         ui.checkbox(&mut f.balance_classes, "Balance rare cell types")
             .on_hover_text("Weigh the classification loss by inverse class frequency (not in scGPT's recipe; helps rare types).");
+        ui.checkbox(&mut f.mean_pool, "Classify from all genes (mean pooling)")
+            .on_hover_text("The classifier reads the mean of the cell's gene tokens instead of the <cls> token. Learns faster for small models and small references; scGPT's recipe reads <cls>.");
         if let Some(p) = f.problem() {
             ui.colored_label(ui.visuals().warn_fg_color, p);
         }

@@ -363,6 +363,8 @@ pub struct FinetuneSettings {
     pub validation_fraction: f64,
     pub max_len: usize,
     pub balance_classes: bool,
+    /// Mean-pool the cell's genes for the classifier instead of reading `<cls>`.
+    pub mean_pool: bool,
 }
 
 impl Default for FinetuneSettings {
@@ -390,6 +392,7 @@ impl Default for FinetuneSettings {
             validation_fraction: 0.1,
             max_len: r.tokens.max_len,
             balance_classes: false,
+            mean_pool: false,
         }
     }
 }
@@ -467,6 +470,9 @@ pub fn finetune(
         dsbn: false,
         explicit_zero_prob: false,
         balance_classes: s.balance_classes,
+        cell_emb: s
+            .mean_pool
+            .then_some(cellforge_core::model::CellEmbStyle::AvgPool),
         dropout: 0.2,
     };
     r.stage("Loading the model");

@@ -24,9 +24,9 @@ pub enum InputEmbStyle {
 pub enum CellEmbStyle {
     /// Row 0 (the `<cls>` token).
     Cls,
-    /// Mean over all positions (padding included, as scGPT does).
+    /// Mean over the cell's positions (`<cls>` included; scGPT also counts padding).
     AvgPool,
-    /// Sum weighted by the raw input values, then L2-normalised.
+    /// Sum weighted by the input values, then L2-normalised (padding left out).
     WPool,
 }
 

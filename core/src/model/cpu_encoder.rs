@@ -385,4 +385,63 @@ mod tests {
             assert!(transform(&model.layers, &x, Some(&mid)).is_none());
         }
     }
+
+    /// Mean- and weighted-pooled cell embeddings leave padding out: a cell gets the same
+    /// embedding alone and next to a longer cell (scGPT's pooling would not).
+    #[test]
+    fn pooled_cell_embedding_ignores_padding() {
+        let dev = Default::default();
+        for style in [CellEmbStyle::AvgPool, CellEmbStyle::WPool] {
+            let mut c = config(false);
+            c.cell_emb_style = style;
+            let model = crate::model::ScGpt::<Cpu>::init(&c, &dev);
+            let a_genes: Vec<i64> = vec![0, 3, 5, 7, 9];
+            let a_vals: Vec<f32> = vec![0.0, 1.0, 4.0, 2.0, 9.0];
+            let batch = |genes: Vec<i64>, vals: Vec<f32>, pad: Option<Vec<bool>>, n: usize| {
+                let l = genes.len() / n;
+                crate::model::TokenBatch::<Cpu> {
+                    src: Tensor::from_data(TensorData::new(genes, [n, l]), &dev),
+                    values: Tensor::from_data(TensorData::new(vals, [n, l]), &dev),
+                    padding: pad.map(|p| Tensor::from_data(TensorData::new(p, [n, l]), &dev)),
+                    batch_labels: None,
+                    dsbn_domain: None,
+                    mod_types: None,
+                    pert_flags: None,
+                }
+            };
+            let alone = model
+                .embed_cells(&batch(a_genes.clone(), a_vals.clone(), None, 1))
+                .expect("alone")
+                .into_data()
+                .into_vec::<f32>()
+                .expect("f32");
+            // cell A padded to 8 (pad id 1, pad value -2) next to an 8-gene cell B
+            let mut genes = a_genes.clone();
+            genes.extend([1, 1, 1]);
+            genes.extend([0, 2, 4, 6, 8, 10, 12, 14]);
+            let mut vals = a_vals.clone();
+            vals.extend([-2.0, -2.0, -2.0]);
+            vals.extend([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+            let pad: Vec<bool> = genes
+                .iter()
+                .enumerate()
+                .map(|(i, &g)| i < 8 && g == 1)
+                .collect();
+            let batched = model
+                .embed_cells(&batch(genes, vals, Some(pad), 2))
+                .expect("batched")
+                .into_data()
+                .into_vec::<f32>()
+                .expect("f32");
+            let worst = crate::model::max_abs_diff(&alone, &batched[..32]);
+            assert!(
+                worst < 1e-5,
+                "{style:?}: padding changed the embedding by {worst}"
+            );
+            assert!(
+                crate::model::max_abs_diff(&batched[..32], &batched[32..]) > 1e-3,
+                "{style:?}: two different cells should differ"
+            );
+        }
+    }
 }

@@ -511,16 +511,33 @@ impl<B: Backend> ScGpt<B> {
         Ok((self.transform(x, batch.padding.as_ref()), stats))
     }
 
-    /// Cell embeddings by the configured style from a transformer output.
-    pub fn cell_embedding(&self, h: Tensor<B, 3>, values: &Tensor<B, 2>) -> Tensor<B, 2> {
+    /// Cell embeddings by the configured style from a transformer output. Pooling styles
+    /// leave out padding positions (`padding` true): scGPT averages over them too, which
+    /// makes a cell's embedding depend on the longest cell in its minibatch (and weighs
+    /// padding by the pad value in w-pool). Without padding the result is scGPT's.
+    pub fn cell_embedding(
+        &self,
+        h: Tensor<B, 3>,
+        values: &Tensor<B, 2>,
+        padding: Option<&Tensor<B, 2, Bool>>,
+    ) -> Tensor<B, 2> {
         let [b, _, d] = h.dims();
+        let keep = padding.map(|p| p.clone().bool_not().float());
         match self.config().cell_emb_style {
             CellEmbStyle::Cls => h.slice([0..b, 0..1, 0..d]).squeeze_dim::<2>(1),
-            CellEmbStyle::AvgPool => h.mean_dim(1).squeeze_dim::<2>(1),
+            CellEmbStyle::AvgPool => match keep {
+                None => h.mean_dim(1).squeeze_dim::<2>(1),
+                Some(k) => {
+                    let n = k.clone().sum_dim(1).clamp_min(1.0);
+                    (h * k.unsqueeze_dim::<3>(2)).sum_dim(1).squeeze_dim::<2>(1) / n
+                }
+            },
             CellEmbStyle::WPool => {
-                let s = (h * values.clone().unsqueeze_dim::<3>(2))
-                    .sum_dim(1)
-                    .squeeze_dim::<2>(1);
+                let w = match keep {
+                    None => values.clone(),
+                    Some(k) => values.clone() * k,
+                };
+                let s = (h * w.unsqueeze_dim::<3>(2)).sum_dim(1).squeeze_dim::<2>(1);
                 l2_normalize(s)
             }
         }
@@ -560,9 +577,11 @@ impl<B: Backend> ScGpt<B> {
             (None, None) => None,
         };
         let per_cell = match (batch_emb, mod_emb) {
-            (Some(e), Some(m)) => Some(e + self.cell_embedding(m, &batch.values)),
+            (Some(e), Some(m)) => {
+                Some(e + self.cell_embedding(m, &batch.values, batch.padding.as_ref()))
+            }
             (Some(e), None) => Some(e),
-            (None, Some(m)) => Some(self.cell_embedding(m, &batch.values)),
+            (None, Some(m)) => Some(self.cell_embedding(m, &batch.values, batch.padding.as_ref())),
             (None, None) => None,
         };
         Ok((per_cell, per_token))
@@ -589,7 +608,7 @@ impl<B: Backend> ScGpt<B> {
         } else {
             return Err(ForwardError::MissingHead("expression decoder"));
         };
-        let cell_emb = self.cell_embedding(h.clone(), &batch.values);
+        let cell_emb = self.cell_embedding(h.clone(), &batch.values, batch.padding.as_ref());
         let cls_output = if heads.cls {
             let head = self
                 .cls_decoder
@@ -689,7 +708,7 @@ impl<B: Backend> ScGpt<B> {
     /// Cell embeddings only (the fast path for `embed`): `[B, d]`.
     pub fn embed_cells(&self, batch: &TokenBatch<B>) -> Result<Tensor<B, 2>, ForwardError> {
         let h = self.encode(batch)?;
-        Ok(self.cell_embedding(h, &batch.values))
+        Ok(self.cell_embedding(h, &batch.values, batch.padding.as_ref()))
     }
 
     /// The generative pass of scGPT's pretraining branch: known (pcpt) tokens carry values;

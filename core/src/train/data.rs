@@ -270,6 +270,45 @@ pub fn split(items: &[usize], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usiz
     (order, valid)
 }
 
+/// A seeded split stratified by label (scikit-learn's `stratify=`): each class sends
+/// `round(count * fraction)` of its cells to validation, but always keeps at least one in
+/// training, so a cell type with a handful of reference cells is never held out entirely.
+/// Unlabelled items are split like [`split`]. When the stratified validation set would be
+/// empty (every class too small), the plain split is used instead.
+pub fn split_stratified(
+    items: &[usize],
+    labels: &[Option<u32>],
+    fraction: f64,
+    seed: u64,
+) -> (Vec<usize>, Vec<usize>) {
+    if fraction <= 0.0 || items.len() < 2 {
+        return split(items, fraction, seed);
+    }
+    let mut groups: std::collections::BTreeMap<Option<u32>, Vec<usize>> = Default::default();
+    for &i in items {
+        groups
+            .entry(labels.get(i).copied().flatten())
+            .or_default()
+            .push(i);
+    }
+    let (mut train, mut valid) = (Vec::new(), Vec::new());
+    for (label, mut g) in groups {
+        let key = label.map_or(u64::MAX, u64::from);
+        Rng::new(seed ^ 0x5eed_0f5b_1175 ^ key.wrapping_mul(0x9e37_79b9_7f4a_7c15)).shuffle(&mut g);
+        let n_valid = ((g.len() as f64 * fraction).round() as usize).min(g.len().saturating_sub(1));
+        valid.extend(g.split_off(g.len() - n_valid));
+        train.extend(g);
+    }
+    if valid.is_empty() {
+        return split(items, fraction, seed);
+    }
+    // one shuffled order, so nothing downstream sees the cells grouped by class
+    let mut rng = Rng::new(seed ^ 0x0005_7a7f);
+    rng.shuffle(&mut train);
+    rng.shuffle(&mut valid);
+    (train, valid)
+}
+
 /// The minibatches of one epoch: shuffled (seeded by `seed` and `epoch`); with
 /// `by_batch`, each minibatch holds cells of one batch label only (scGPT's
 /// `SubsetsBatchSampler`, needed by DSBN), minibatch order shuffled too.
@@ -397,5 +436,48 @@ impl HostBatch {
             masked: Tensor::from_data(TensorData::new(self.masked.clone(), shape), device),
             labels: self.labels.as_deref().map(int1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stratified_split_keeps_rare_classes_in_training() {
+        // class 0: 100 cells, class 1: 40, class 2: 4, class 3: 1, two unlabelled
+        let mut labels: Vec<Option<u32>> = Vec::new();
+        for (c, n) in [(0u32, 100usize), (1, 40), (2, 4), (3, 1)] {
+            labels.extend(std::iter::repeat_n(Some(c), n));
+        }
+        labels.extend([None, None]);
+        let items: Vec<usize> = (0..labels.len()).collect();
+        let (train, valid) = split_stratified(&items, &labels, 0.1, 7);
+        let count = |v: &[usize], c: Option<u32>| v.iter().filter(|&&i| labels[i] == c).count();
+        assert_eq!(count(&valid, Some(0)), 10);
+        assert_eq!(count(&valid, Some(1)), 4);
+        assert_eq!(count(&valid, Some(2)), 0, "4 * 0.1 rounds to 0");
+        assert_eq!(count(&train, Some(3)), 1, "a single cell stays in training");
+        let mut all: Vec<usize> = train.iter().chain(&valid).copied().collect();
+        all.sort_unstable();
+        assert_eq!(all, items, "every item exactly once");
+        // seeded: same seed, same split; another seed, another split
+        assert_eq!(
+            split_stratified(&items, &labels, 0.1, 7),
+            (train.clone(), valid.clone())
+        );
+        assert_ne!(split_stratified(&items, &labels, 0.1, 8).1, valid);
+        // a class of two at fraction 0.5 keeps one cell in training
+        let two = [Some(0u32), Some(0)];
+        let (t, v) = split_stratified(&[0, 1], &two, 0.5, 1);
+        assert_eq!((t.len(), v.len()), (1, 1));
+    }
+
+    #[test]
+    fn stratified_split_falls_back_when_every_class_is_tiny() {
+        let labels: Vec<Option<u32>> = (0..6).map(|i| Some(i as u32)).collect();
+        let items: Vec<usize> = (0..6).collect();
+        let (train, valid) = split_stratified(&items, &labels, 0.2, 3);
+        assert_eq!((train, valid), split(&items, 0.2, 3));
     }
 }

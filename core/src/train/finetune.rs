@@ -9,12 +9,12 @@ use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceChoice, DeviceRequest, OnAutodiff, dispatch_autodiff};
-use crate::model::config::{InputNorm, MvcStyle};
+use crate::model::config::{CellEmbStyle, InputNorm, MvcStyle};
 use crate::model::weights::load_matching;
 use crate::model::{LoadReport, ModelConfig, ModelFiles, ScGpt};
 use crate::tl::embed_job::GeneColumn;
 
-use super::data::{CellQuery, TokenSettings, split};
+use super::data::{CellQuery, TokenSettings, split, split_stratified};
 use super::{History, TrainConfig, TrainError, TrainEvent, train};
 
 /// Name of the file describing a fine-tuned model's classes and tokenisation.
@@ -68,6 +68,10 @@ pub struct FinetuneRequest {
     pub explicit_zero_prob: bool,
     /// Weigh the CLS loss by inverse class frequency (scikit-learn's "balanced").
     pub balance_classes: bool,
+    /// How the classifier reads the cell from the transformer output; `None` keeps the
+    /// base model's style (`<cls>` for scGPT's releases). Mean pooling reaches every
+    /// gene token in one step, which suits small models trained on few cells.
+    pub cell_emb: Option<CellEmbStyle>,
     pub dropout: f32,
 }
 
@@ -218,7 +222,13 @@ fn run_on<B: AutodiffBackend>(
             req.reference.display()
         )));
     }
-    let (train_items, valid_items) = split(&usable, req.validation_fraction, cfg.seed);
+    // Stratified by cell type when classifying, so rare types keep their few cells in
+    // training and the validation set (which picks the best epoch) holds every common one.
+    let (train_items, valid_items) = if o.cls > 0.0 {
+        split_stratified(&usable, &set.labels, req.validation_fraction, cfg.seed)
+    } else {
+        split(&usable, req.validation_fraction, cfg.seed)
+    };
     if req.balance_classes && cfg.objectives.cls > 0.0 {
         cfg.objectives.class_weights =
             super::balanced_class_weights(&set.labels, &train_items, set.class_names.len());
@@ -231,7 +241,7 @@ fn run_on<B: AutodiffBackend>(
         genes_matched: set.genes_matched,
         empty_cells: set.empty_rows.len(),
     });
-    let mc = finetune_config(
+    let mut mc = finetune_config(
         base,
         &cfg,
         set.class_names.len().max(1),
@@ -240,6 +250,9 @@ fn run_on<B: AutodiffBackend>(
         req.explicit_zero_prob,
         req.dropout,
     );
+    if let Some(style) = req.cell_emb {
+        mc.cell_emb_style = style;
+    }
     mc.validate()?;
     // New heads start from seeded weights, so a run is reproducible (and resumable).
     B::seed(device, cfg.seed);

@@ -280,7 +280,8 @@ pub fn compute_losses<B: Backend>(
         // A second pass over the same cells (other dropout masks), SimCSE-style.
         let (again, stats) = model.encode_with_stats(&batch.tokens)?;
         bn.extend(stats);
-        let second = model.cell_embedding(again, &batch.tokens.values);
+        let second =
+            model.cell_embedding(again, &batch.tokens.values, batch.tokens.padding.as_ref());
         terms.push(("cce", obj.cce, loss::cce(out.cell_emb.clone(), second, 0.5)));
     }
     if obj.dar > 0.0 {
