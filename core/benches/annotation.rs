@@ -103,7 +103,7 @@ struct Settings {
     cell_emb: CellEmbStyle,
 }
 
-fn train_config(s: &Settings, epochs: usize, lr: f64, generative: bool) -> TrainConfig {
+fn train_config(epochs: usize, lr: f64, generative: bool, max_len: usize) -> TrainConfig {
     let base = if generative {
         TrainConfig {
             schedule: ScheduleSpec::Cosine {
@@ -122,7 +122,7 @@ fn train_config(s: &Settings, epochs: usize, lr: f64, generative: bool) -> Train
         epochs,
         lr,
         tokens: TokenSettings {
-            max_len: if generative { s.max_len } else { s.ft_max_len },
+            max_len,
             ..base.tokens.clone()
         },
         ..base
@@ -139,7 +139,7 @@ fn pretrain(s: &Settings, corpus: Vec<PathBuf>, layer: Option<&str>, out: &Path)
         device: DeviceRequest::Cpu,
         size: s.size.clone(),
         vocab: None,
-        config: train_config(s, s.pre_epochs, 1e-3, true),
+        config: train_config(s.pre_epochs, 1e-3, true, s.max_len),
         validation_fraction: 0.05,
         resume: false,
         token_cache: false,
@@ -172,10 +172,11 @@ fn finetune(
     integration: bool,
 ) -> f64 {
     let t = Instant::now();
-    let mut cfg = train_config(s, s.ft_epochs, s.ft_lr, false);
+    // the integration fine-tune keeps the pretraining length (as in the first round)
+    let max_len = if integration { s.max_len } else { s.ft_max_len };
+    let mut cfg = train_config(s.ft_epochs, s.ft_lr, false, max_len);
     cfg.objectives = objectives;
     if integration {
-        cfg.tokens.max_len = s.max_len;
         cfg.mask_ratio = 0.4;
         cfg.use_batch_labels = true;
         cfg.by_batch = true;
@@ -326,11 +327,9 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(1e-3),
         balance: std::env::var("BENCH_BALANCE").map_or(true, |v| v != "0"),
-        cell_emb: match std::env::var("BENCH_CELL_EMB").as_deref() {
-            Ok("cls") => CellEmbStyle::Cls,
-            Ok("w-pool") => CellEmbStyle::WPool,
-            _ => CellEmbStyle::AvgPool,
-        },
+        cell_emb: std::env::var("BENCH_CELL_EMB").map_or(CellEmbStyle::AvgPool, |v| {
+            CellEmbStyle::from_name(&v).expect("BENCH_CELL_EMB: cls, avg-pool or w-pool")
+        }),
     };
     println!(
         "model: d_model {}, {} layers, {} heads; pretrain {} epochs (max_len {}), fine-tune {} epochs (max_len {}, lr {}, balanced {}, {:?}), CPU ({} threads)",
@@ -576,11 +575,12 @@ fn main() {
                 .expect("build");
             let (tokens, use_batch, batch_key, fixed) = match ModelLabels::read(model_dir) {
                 Ok(l) => (l.tokens, l.use_batch_labels, l.batch_key, Some(l.batches)),
-                Err(_) => {
-                    let mut t = train_config(&s, 1, 1e-3, false).tokens;
-                    t.max_len = s.max_len;
-                    (t, false, None, None)
-                }
+                Err(_) => (
+                    train_config(1, 1e-3, false, s.max_len).tokens,
+                    false,
+                    None,
+                    None,
+                ),
             };
             let tokens = TokenSettings {
                 cls_value: if files.config.generative && batch_key.is_none() {

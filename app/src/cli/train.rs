@@ -491,12 +491,11 @@ pub fn run_pretrain_cmd(a: &PretrainArgs) -> anyhow::Result<()> {
 }
 
 fn parse_cell_emb(s: &str) -> Result<CellEmbStyle, String> {
-    match s {
-        "cls" => Ok(CellEmbStyle::Cls),
-        "avg-pool" | "avg" | "mean" => Ok(CellEmbStyle::AvgPool),
-        "w-pool" => Ok(CellEmbStyle::WPool),
-        other => Err(format!(
-            "unknown cell embedding \"{other}\" (use cls, avg-pool or w-pool)"
-        )),
-    }
+    let name = if matches!(s, "avg" | "mean") {
+        "avg-pool"
+    } else {
+        s
+    };
+    CellEmbStyle::from_name(name)
+        .ok_or_else(|| format!("unknown cell embedding \"{s}\" (use cls, avg-pool or w-pool)"))
 }

@@ -30,6 +30,18 @@ pub enum CellEmbStyle {
     WPool,
 }
 
+impl CellEmbStyle {
+    /// The style scGPT's `cell_emb_style` names: `cls`, `avg-pool` or `w-pool`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "cls" => Some(Self::Cls),
+            "avg-pool" => Some(Self::AvgPool),
+            "w-pool" => Some(Self::WPool),
+            _ => None,
+        }
+    }
+}
+
 /// MVC (GEPC) decoder architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -214,14 +226,9 @@ impl ModelConfig {
         let n_input_bins = sd.shape("value_encoder.embedding.weight").map(|s| s[0]);
 
         let cell_emb_style = match s("cell_emb_style").as_deref() {
-            None | Some("cls") => CellEmbStyle::Cls,
-            Some("avg-pool") => CellEmbStyle::AvgPool,
-            Some("w-pool") => CellEmbStyle::WPool,
-            Some(other) => {
-                return Err(ModelError::Config(format!(
-                    "unknown cell_emb_style \"{other}\""
-                )));
-            }
+            None => CellEmbStyle::Cls,
+            Some(name) => CellEmbStyle::from_name(name)
+                .ok_or_else(|| ModelError::Config(format!("unknown cell_emb_style \"{name}\"")))?,
         };
 
         let mvc = if sd.has_prefix("mvc_decoder.") {

@@ -522,10 +522,11 @@ impl<B: Backend> ScGpt<B> {
         padding: Option<&Tensor<B, 2, Bool>>,
     ) -> Tensor<B, 2> {
         let [b, _, d] = h.dims();
-        let keep = padding.map(|p| p.clone().bool_not().float());
+        // 1 at the cell's own positions; only the pooling styles need it
+        let keep = || padding.map(|p| p.clone().bool_not().float());
         match self.config().cell_emb_style {
             CellEmbStyle::Cls => h.slice([0..b, 0..1, 0..d]).squeeze_dim::<2>(1),
-            CellEmbStyle::AvgPool => match keep {
+            CellEmbStyle::AvgPool => match keep() {
                 None => h.mean_dim(1).squeeze_dim::<2>(1),
                 Some(k) => {
                     let n = k.clone().sum_dim(1).clamp_min(1.0);
@@ -533,7 +534,7 @@ impl<B: Backend> ScGpt<B> {
                 }
             },
             CellEmbStyle::WPool => {
-                let w = match keep {
+                let w = match keep() {
                     None => values.clone(),
                     Some(k) => values.clone() * k,
                 };
