@@ -24,7 +24,9 @@
 //! integration fine-tune uses `BENCH_MAX_LEN`), `BENCH_PRETRAINED` (a model folder an
 //! earlier run pretrained on the same corpus, reused instead of pretraining), `BENCH_BALANCE`
 //! (`0`: plain CLS loss; default class-balanced), `BENCH_CELL_EMB` (`avg-pool` default,
-//! `cls`, `w-pool`: how the classifier reads the cell), `BENCH_PBMC_OWN_PRETRAIN` (`1`:
+//! `cls`, `w-pool`: how the classifier reads the cell), `BENCH_AUGMENT_DEPTH` (the
+//! symphony fine-tune's `--augment-depth`; `0` off), `BENCH_FT_VALID` (the annotation
+//! fine-tunes' validation fraction, 0.1), `BENCH_PBMC_OWN_PRETRAIN` (`1`:
 //! pretrain pbmc68k's own model), `BENCH_SKIP` (comma list of `symphony`,
 //! `pbmc68k`, `integration`), `BENCH_DIR` (default `<repo>/target/bench-data/annotation`),
 //! `CELLFORGE_SHARED_DATA`, `CELLFORGE_PYTHON` (default `<repo>/.venv/bin/python`).
@@ -101,6 +103,11 @@ struct Settings {
     balance: bool,
     /// How the classifier reads the cell.
     cell_emb: CellEmbStyle,
+    /// Depth augmentation of the annotation fine-tunes that read counts (symphony).
+    augment_depth: Option<f64>,
+    /// Validation fraction of the annotation fine-tunes (0: every reference cell trains and
+    /// the last epoch is kept).
+    ft_valid: f64,
 }
 
 fn train_config(epochs: usize, lr: f64, generative: bool, max_len: usize) -> TrainConfig {
@@ -176,6 +183,10 @@ fn finetune(
     let max_len = if integration { s.max_len } else { s.ft_max_len };
     let mut cfg = train_config(s.ft_epochs, s.ft_lr, false, max_len);
     cfg.objectives = objectives;
+    // thinning needs counts: symphony's counts layer, not pbmc68k's log-normalised raw
+    if !integration && layer == Some("counts") {
+        cfg.augment_depth = s.augment_depth;
+    }
     if integration {
         cfg.mask_ratio = 0.4;
         cfg.use_batch_labels = true;
@@ -191,7 +202,7 @@ fn finetune(
         output: out.to_path_buf(),
         device: DeviceRequest::Cpu,
         config: cfg,
-        validation_fraction: 0.1,
+        validation_fraction: if integration { 0.1 } else { s.ft_valid },
         resume: false,
         dsbn: integration,
         explicit_zero_prob: integration,
@@ -330,9 +341,21 @@ fn main() {
         cell_emb: std::env::var("BENCH_CELL_EMB").map_or(CellEmbStyle::AvgPool, |v| {
             CellEmbStyle::from_name(&v).expect("BENCH_CELL_EMB: cls, avg-pool or w-pool")
         }),
+        augment_depth: match std::env::var("BENCH_AUGMENT_DEPTH") {
+            Ok(v) if v == "0" => None,
+            Ok(v) => Some(
+                v.parse()
+                    .expect("BENCH_AUGMENT_DEPTH: a fraction in (0, 1]"),
+            ),
+            Err(_) => None,
+        },
+        ft_valid: std::env::var("BENCH_FT_VALID")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.1),
     };
     println!(
-        "model: d_model {}, {} layers, {} heads; pretrain {} epochs (max_len {}), fine-tune {} epochs (max_len {}, lr {}, balanced {}, {:?}), CPU ({} threads)",
+        "model: d_model {}, {} layers, {} heads; pretrain {} epochs (max_len {}), fine-tune {} epochs (max_len {}, lr {}, balanced {}, {:?}, depth augmentation {:?}, validation {}), CPU ({} threads)",
         d,
         s.size.nlayers,
         s.size.nhead,
@@ -343,6 +366,8 @@ fn main() {
         s.ft_lr,
         s.balance,
         s.cell_emb,
+        s.augment_depth,
+        s.ft_valid,
         rayon::current_num_threads()
     );
     let t0 = Instant::now();
@@ -601,6 +626,7 @@ fn main() {
                 fixed_batches: fixed.as_deref(),
                 tokens: &tokens,
                 seed: 0,
+                keep_counts: false,
             }
             .read()
             .expect("cells");

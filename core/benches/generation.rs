@@ -145,6 +145,7 @@ fn main() {
         fixed_batches: None,
         tokens: &tokens,
         seed: 0,
+        keep_counts: false,
     }
     .read()
     .expect("tokenise");

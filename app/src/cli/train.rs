@@ -185,6 +185,13 @@ pub struct FinetuneArgs {
     /// cells) or `w-pool`. Default: the base model's style.
     #[arg(long, value_parser = parse_cell_emb)]
     pub cell_emb: Option<CellEmbStyle>,
+    /// Depth augmentation: every step, thin each training cell's counts to a random
+    /// fraction between this and 1 of its molecules (e.g. 0.3), so the model also learns
+    /// from shallower versions of the reference; helps when the query was sequenced less
+    /// deeply or with an older chemistry. Needs raw counts (`--layer counts`). Not in
+    /// scGPT's recipe.
+    #[arg(long, value_name = "MIN_FRACTION")]
+    pub augment_depth: Option<f64>,
     /// ECS similarity threshold (integration tutorial: 0.8).
     #[arg(long, default_value_t = 0.8)]
     pub ecs_threshold: f64,
@@ -345,6 +352,7 @@ pub fn run_finetune_cmd(a: &FinetuneArgs) -> anyhow::Result<()> {
         },
         use_batch_labels: a.batch_tokens,
         by_batch: a.dsbn,
+        augment_depth: a.augment_depth,
         ..c.apply(base)?
     };
     let req = FinetuneRequest {

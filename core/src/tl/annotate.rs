@@ -280,6 +280,7 @@ fn predict<B: Backend>(
         fixed_batches: Some(&labels.batches),
         tokens: &labels.tokens,
         seed: req.seed,
+        keep_counts: false,
     }
     .read()?;
     if let Some(key) = batch_key
@@ -372,7 +373,7 @@ pub fn forward_set<B: Backend>(
     let mut done = 0;
     for idx in groups {
         let mut rng = Rng::new(0);
-        let host = host_batch(set, &idx, tokens, pad_id, 0.0, &mut rng);
+        let host = host_batch(set, &idx, tokens, pad_id, 0.0, None, &mut rng);
         let tb = host.to_device::<B>(pad_id, use_batch_labels, device);
         let out = model.forward(&tb.tokens, heads)?;
         done += idx.len();

@@ -517,6 +517,7 @@ pub fn run_generate(
         fixed_batches: None,
         tokens: &tokens,
         seed: req.seed,
+        keep_counts: false,
     }
     .read()
     .map_err(|e| ToolError::Input(e.to_string()))?;

@@ -59,6 +59,12 @@ pub struct CellSet {
     pub empty_rows: Vec<usize>,
     /// Vocabulary genes matched in the file.
     pub genes_matched: usize,
+    /// `Some` when `cells` hold each cell's raw counts (every expressed vocabulary gene,
+    /// `<cls>` first) instead of bins: binning then happens per minibatch, after optional
+    /// depth augmentation ([`CellQuery::keep_counts`]). The precision the file's values had.
+    pub counts: Option<ValuePrecision>,
+    /// The seed the cells were read with (their deterministic binning draws from it).
+    pub seed: u64,
 }
 
 fn codes(
@@ -125,6 +131,9 @@ pub struct CellQuery<'a> {
     pub fixed_batches: Option<&'a [String]>,
     pub tokens: &'a TokenSettings,
     pub seed: u64,
+    /// Keep each cell's raw counts instead of its bins, so training can thin them per step
+    /// (depth augmentation); the values must then be whole numbers.
+    pub keep_counts: bool,
 }
 
 impl CellQuery<'_> {
@@ -154,6 +163,7 @@ impl CellQuery<'_> {
             fixed_batches,
             tokens: settings,
             seed,
+            keep_counts,
         } = *self;
         let backed = BackedH5ad::open_matrix(path, &matrix_path(layer)).map_err(|source| {
             TrainError::Read {
@@ -196,7 +206,14 @@ impl CellQuery<'_> {
             class_names,
             batch_names,
             genes_matched,
+            seed,
             ..CellSet::default()
+        };
+        // Counts are stored whole (every expressed gene); cutting to max_len happens when a
+        // minibatch is built.
+        let raw_opts = TokenizeOptions {
+            max_len: usize::MAX,
+            ..opts
         };
         let mut dense = vec![0f64; vocab_cols.len()];
         for chunk in backed.chunks(4096) {
@@ -232,6 +249,16 @@ impl CellQuery<'_> {
                             backed.var.index.get(col).cloned().unwrap_or_default()
                         )));
                     }
+                    if keep_counts && v.fract() != 0.0 {
+                        return Err(TrainError::Input(format!(
+                            "depth augmentation thins counts, but {} holds {v} in cell {} (row \
+                             {row}), gene {}: give the layer with raw counts (--layer counts) \
+                             or turn the augmentation off",
+                            path.display(),
+                            backed.obs.index.get(row).cloned().unwrap_or_default(),
+                            backed.var.index.get(col).cloned().unwrap_or_default()
+                        )));
+                    }
                     if let Some(&p) = pos_of_col.get(col)
                         && p != usize::MAX
                     {
@@ -242,10 +269,17 @@ impl CellQuery<'_> {
                     set.empty_rows.push(row);
                     continue;
                 }
-                let mut rng = Rng::for_item(seed, row as u64);
-                let (bins, _) = bin_cell(&dense, settings.n_bins, precision, &mut rng);
-                let bins: Vec<f32> = bins.iter().map(|&b| f32::from(b)).collect();
-                sink.push(tokenize_values(&col_genes, &bins, cls_id, &opts, &mut rng))
+                let cell = if keep_counts {
+                    set.counts.get_or_insert(precision);
+                    let raw: Vec<f32> = dense.iter().map(|&v| v as f32).collect();
+                    tokenize_values(&col_genes, &raw, cls_id, &raw_opts, &mut Rng::new(0))
+                } else {
+                    let mut rng = Rng::for_item(seed, row as u64);
+                    let (bins, _) = bin_cell(&dense, settings.n_bins, precision, &mut rng);
+                    let bins: Vec<f32> = bins.iter().map(|&b| f32::from(b)).collect();
+                    tokenize_values(&col_genes, &bins, cls_id, &opts, &mut rng)
+                };
+                sink.push(cell)
                     .map_err(|e| TrainError::Input(e.to_string()))?;
                 set.rows.push(row);
                 set.labels.push(labels[row]);
@@ -353,16 +387,74 @@ pub struct HostBatch {
     pub batches: Option<Vec<u32>>,
 }
 
-/// Pad and mask the cells `idx` of `set` (masking seeded by `rng`).
+/// Binomial thinning: each of the `count` molecules is kept with probability `keep`.
+fn thin(count: f32, keep: f64, rng: &mut Rng) -> f32 {
+    // counts are whole numbers (checked when read); this loop is over a cell's molecules
+    let n = count.max(0.0) as u64;
+    (0..n).filter(|_| rng.uniform() < keep).count() as f32
+}
+
+/// Cell `i` of `set` as tokens. Cells stored as bins are returned as they are. Cells stored
+/// as counts are binned here, exactly as [`CellQuery::read`] would have (same draws), unless
+/// `depth` is given: then the counts are first thinned to a fraction drawn uniformly from
+/// `[depth, 1]` (binomial sampling of the molecules, as if the cell had been sequenced less
+/// deeply), with draws from `rng`.
+pub fn cell_tokens(
+    set: &CellSet,
+    i: usize,
+    settings: &TokenSettings,
+    depth: Option<f64>,
+    rng: &mut Rng,
+) -> CellTokens {
+    let stored = set.cells.get(i);
+    let Some(precision) = set.counts else {
+        return stored;
+    };
+    let (Some(&cls_id), Some(&cls_value)) = (stored.genes.first(), stored.values.first()) else {
+        return stored;
+    };
+    let genes: Vec<Option<u32>> = stored.genes[1..].iter().map(|&g| Some(g)).collect();
+    let mut values: Vec<f32> = stored.values[1..].to_vec();
+    let mut own = Rng::for_item(set.seed, set.rows.get(i).copied().unwrap_or(i) as u64);
+    let rng = match depth {
+        Some(min_keep) => {
+            let keep = min_keep.clamp(0.0, 1.0) + (1.0 - min_keep.clamp(0.0, 1.0)) * rng.uniform();
+            let thinned: Vec<f32> = values.iter().map(|&c| thin(c, keep, rng)).collect();
+            // a cell thinned to nothing keeps its counts
+            if thinned.iter().any(|&v| v > 0.0) {
+                values = thinned;
+            }
+            rng
+        }
+        None => &mut own,
+    };
+    let dense: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+    let (bins, _) = bin_cell(&dense, settings.n_bins, precision, rng);
+    let bins: Vec<f32> = bins.iter().map(|&b| f32::from(b)).collect();
+    let opts = TokenizeOptions {
+        include_zero_genes: settings.include_zero_genes,
+        append_cls: true,
+        cls_value,
+        max_len: settings.max_len,
+    };
+    tokenize_values(&genes, &bins, cls_id, &opts, rng)
+}
+
+/// Pad and mask the cells `idx` of `set` (masking seeded by `rng`); `depth`: thin stored
+/// counts first (see [`cell_tokens`]).
 pub fn host_batch(
     set: &CellSet,
     idx: &[usize],
     settings: &TokenSettings,
     pad_id: u32,
     mask_ratio: f64,
+    depth: Option<f64>,
     rng: &mut Rng,
 ) -> HostBatch {
-    let cells: Vec<CellTokens> = idx.iter().map(|&i| set.cells.get(i)).collect();
+    let cells: Vec<CellTokens> = idx
+        .iter()
+        .map(|&i| cell_tokens(set, i, settings, depth, rng))
+        .collect();
     let padded = pad_batch(&cells, settings.max_len, pad_id, settings.pad_value);
     let (input_values, mask) = if mask_ratio > 0.0 {
         random_mask_value(&padded, pad_id, mask_ratio, settings.mask_value, 1, rng)

@@ -198,6 +198,13 @@ fn run_on<B: AutodiffBackend>(
         ));
     }
     cfg.by_batch |= req.dsbn;
+    if let Some(d) = cfg.augment_depth
+        && !(d > 0.0 && d <= 1.0)
+    {
+        return Err(TrainError::Input(format!(
+            "depth augmentation: the smallest fraction of molecules kept must be in (0, 1], not {d}"
+        )));
+    }
     let set = CellQuery {
         path: &req.reference,
         layer: req.layer.as_deref(),
@@ -209,6 +216,7 @@ fn run_on<B: AutodiffBackend>(
         fixed_batches: None,
         tokens: &cfg.tokens,
         seed: cfg.seed,
+        keep_counts: cfg.augment_depth.is_some(),
     }
     .read()?;
     // Cells without a label (or batch, when needed) cannot take part.

@@ -393,6 +393,12 @@ pub struct TrainConfig {
     /// Generative pretraining instead of the fine-tuning objectives.
     #[serde(default)]
     pub generative: Option<pretrain::GenerativeSettings>,
+    /// Depth augmentation for fine-tuning: each training cell's counts are thinned, every
+    /// step, to a fraction drawn uniformly from `[this, 1]` of its molecules before binning,
+    /// so the model learns from shallower versions of the reference (a query sequenced less
+    /// deeply, an older chemistry). Needs raw counts. `None`: off (scGPT's recipe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment_depth: Option<f64>,
     /// Fault injection for tests: a step over more cells than this fails as if the device had
     /// run out of memory (the path a real allocation panic from the backend takes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -430,6 +436,7 @@ impl TrainConfig {
             use_batch_labels: false,
             by_batch: false,
             generative: None,
+            augment_depth: None,
             simulate_oom_above: None,
         }
     }
@@ -466,6 +473,7 @@ fn batch_losses<B: Backend>(
     pad_id: u32,
     rng: &mut Rng,
     step: u64,
+    training: bool,
     device: &B::Device,
 ) -> Result<Option<LabelledLosses<B>>, TrainError> {
     match &cfg.generative {
@@ -492,7 +500,8 @@ fn batch_losses<B: Backend>(
             Ok(Some((l, None)))
         }
         None => {
-            let host = host_batch(set, idx, &cfg.tokens, pad_id, cfg.mask_ratio, rng);
+            let depth = cfg.augment_depth.filter(|_| training);
+            let host = host_batch(set, idx, &cfg.tokens, pad_id, cfg.mask_ratio, depth, rng);
             let tb = host.to_device::<B>(pad_id, cfg.use_batch_labels, device);
             let l = compute_losses(model, &tb, &cfg.objectives)?;
             Ok(Some((l, host.labels)))
@@ -693,7 +702,8 @@ fn validate<B: Backend>(
     let (mut truth, mut pred) = (Vec::new(), Vec::new());
     for (bi, idx) in batches.iter().enumerate() {
         let mut rng = Rng::for_item(cfg.seed ^ 0x7a11d, (epoch as u64) << 32 | bi as u64);
-        let Some((l, labels)) = batch_losses(model, set, idx, cfg, pad_id, &mut rng, 0, device)?
+        let Some((l, labels)) =
+            batch_losses(model, set, idx, cfg, pad_id, &mut rng, 0, false, device)?
         else {
             continue;
         };
@@ -853,7 +863,7 @@ pub fn train<B: AutodiffBackend>(
                     );
                 }
                 let Some((losses, _)) =
-                    batch_losses(&model, set, idx, cfg, pad_id, &mut rng, step, device)?
+                    batch_losses(&model, set, idx, cfg, pad_id, &mut rng, step, true, device)?
                 else {
                     return Ok(None);
                 };

@@ -410,6 +410,7 @@ fn run_on<B: AutodiffBackend>(
             fixed_batches: None,
             tokens: &cfg.tokens,
             seed: cfg.seed.wrapping_add(fi as u64),
+            keep_counts: false,
         }
         .read_into(&mut sink)?;
         let base = set.n_rows;
