@@ -129,6 +129,8 @@ fn open_embed_umap_finetune_annotate_relabel_undo_export() {
     h.state_mut().finetune.max_len = 64;
     h.state_mut().finetune.batch_size = 64;
     h.state_mut().finetune.lr = 1e-3;
+    // depth augmentation thins the demo's counts layer (X is log-normalised)
+    h.state_mut().finetune.augment_depth = true;
     h.run_steps(2);
     h.get_by_label("Cell type column");
     click(&mut h, "Fine-tune");

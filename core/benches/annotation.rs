@@ -25,7 +25,7 @@
 //! earlier run pretrained on the same corpus, reused instead of pretraining), `BENCH_BALANCE`
 //! (`0`: plain CLS loss; default class-balanced), `BENCH_CELL_EMB` (`avg-pool` default,
 //! `cls`, `w-pool`: how the classifier reads the cell), `BENCH_AUGMENT_DEPTH` (the
-//! symphony fine-tune's `--augment-depth`; `0` off), `BENCH_FT_VALID` (the annotation
+//! symphony fine-tune's `--augment-depth`, 0.15; `0` off), `BENCH_FT_VALID` (the annotation
 //! fine-tunes' validation fraction, 0.1), `BENCH_PBMC_OWN_PRETRAIN` (`1`:
 //! pretrain pbmc68k's own model), `BENCH_SKIP` (comma list of `symphony`,
 //! `pbmc68k`, `integration`), `BENCH_DIR` (default `<repo>/target/bench-data/annotation`),

@@ -2107,6 +2107,8 @@ impl CellforgeApp {
         );
         ui.checkbox(&mut f.balance_classes, "Balance rare cell types")
             .on_hover_text("Weigh the classification loss by inverse class frequency (not in scGPT's recipe; helps rare types).");
+        ui.checkbox(&mut f.augment_depth, "Simulate shallower sequencing")
+            .on_hover_text("Every step, each training cell keeps a random 30-100 % of its molecules, so the model also learns what a less deeply sequenced cell looks like; helps when the cells to annotate come from a shallower run or an older chemistry. Reads the file's counts layer (or X, which must then hold raw counts). Not in scGPT's recipe.");
         ui.checkbox(&mut f.mean_pool, "Classify from all genes (mean pooling)")
             .on_hover_text("The classifier reads the mean of the cell's gene tokens instead of the <cls> token. Learns faster for small models and small references; scGPT's recipe reads <cls>.");
         if let Some(p) = f.problem() {

@@ -365,6 +365,8 @@ pub struct FinetuneSettings {
     pub balance_classes: bool,
     /// Mean-pool the cell's genes for the classifier instead of reading `<cls>`.
     pub mean_pool: bool,
+    /// Depth augmentation (thin training cells' counts to 30-100 % every step).
+    pub augment_depth: bool,
 }
 
 impl Default for FinetuneSettings {
@@ -393,6 +395,7 @@ impl Default for FinetuneSettings {
             max_len: r.tokens.max_len,
             balance_classes: false,
             mean_pool: false,
+            augment_depth: false,
         }
     }
 }
@@ -453,11 +456,17 @@ pub fn finetune(
             ..base.tokens.clone()
         },
         use_batch_labels: false,
+        augment_depth: s.augment_depth.then_some(0.3),
         ..base
     };
+    // Thinning needs counts: the file's `counts` layer when it has one. Bins are ranks within
+    // a cell, so they are the same as those of log-normalised X that annotation reads.
+    let layer = (s.augment_depth
+        && cellforge_core::io::BackedH5ad::open_matrix(&reference, "layers/counts").is_ok())
+    .then(|| "counts".to_string());
     let req = FinetuneRequest {
         reference,
-        layer: None,
+        layer,
         gene_col: GeneColumn::Index,
         label_key: (!s.label_key.is_empty()).then(|| s.label_key.clone()),
         batch_key: (!s.batch_key.is_empty()).then(|| s.batch_key.clone()),

@@ -252,8 +252,8 @@ impl CellQuery<'_> {
                     if keep_counts && v.fract() != 0.0 {
                         return Err(TrainError::Input(format!(
                             "depth augmentation thins counts, but {} holds {v} in cell {} (row \
-                             {row}), gene {}: give the layer with raw counts (--layer counts) \
-                             or turn the augmentation off",
+                             {row}), gene {}: give raw counts (the CLI's --layer counts reads a \
+                             counts layer) or turn the augmentation off",
                             path.display(),
                             backed.obs.index.get(row).cloned().unwrap_or_default(),
                             backed.var.index.get(col).cloned().unwrap_or_default()
