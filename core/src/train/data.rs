@@ -418,7 +418,8 @@ pub fn cell_tokens(
     let mut own = Rng::for_item(set.seed, set.rows.get(i).copied().unwrap_or(i) as u64);
     let rng = match depth {
         Some(min_keep) => {
-            let keep = min_keep.clamp(0.0, 1.0) + (1.0 - min_keep.clamp(0.0, 1.0)) * rng.uniform();
+            let min_keep = min_keep.clamp(0.0, 1.0);
+            let keep = min_keep + (1.0 - min_keep) * rng.uniform();
             let thinned: Vec<f32> = values.iter().map(|&c| thin(c, keep, rng)).collect();
             // a cell thinned to nothing keeps its counts
             if thinned.iter().any(|&v| v > 0.0) {
